@@ -1,0 +1,14 @@
+//! hubee-sync: receives télédossiers from HubEE into a Maildir-style spool, exactly once.
+//!
+//! Rooms (see README "Design"):
+//! - [`config`]: TOML as written → validated [`config::Settings`]; every error collected.
+//! - [`hubee`]: the hub as a typed client (token cache, retries, streaming bodies).
+//! - [`deliver`]: where a télédossier goes (spool with Maildir rules, safe names).
+//! - [`state`]: the state database (what was delivered, acknowledgement progress, failures).
+//! - [`sync`]: one subscription's cycle: poll, decide, act; the receipt status walk.
+
+pub mod config;
+pub mod deliver;
+pub mod hubee;
+pub mod state;
+pub mod sync;
