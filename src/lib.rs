@@ -7,6 +7,7 @@
 //! - [`state`]: the state database (what was delivered, acknowledgement progress, failures).
 //! - [`sync`]: one subscription's cycle: poll, decide, act; the receipt status walk.
 
+pub mod app;
 pub mod config;
 pub mod deliver;
 pub mod hubee;

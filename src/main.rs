@@ -1,1 +1,105 @@
-fn main() {}
+//! Command line: parse, set up logging, load the config, run a command, map the outcome to
+//! an exit code (CONTRACT: 0 success, 1 runtime failure, 64 usage, 78 configuration).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use hubee_sync::app::{self, EXIT_USAGE};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "hubee-sync",
+    version,
+    about = "Receives télédossiers from HubEE into a spool, verified and acknowledged exactly once"
+)]
+struct Cli {
+    /// Configuration file [default: $HUBEE_SYNC_CONFIG, then /etc/hubee-sync/hubee-sync.toml]
+    #[arg(long, global = true, value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// One complete cycle of every (or the named) subscription, then exit.
+    Once {
+        /// Only this subscription (repeatable).
+        #[arg(long = "subscription", value_name = "NAME")]
+        subscriptions: Vec<String>,
+    },
+    /// Read and check the configuration; report every error at once.
+    Validate,
+    /// Per subscription, from the state database: last poll, counts, last error.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn init_logging(format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HUBEE_SYNC_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(false).init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => 0,
+                _ => EXIT_USAGE,
+            };
+            let _ = e.print();
+            return ExitCode::from(code);
+        }
+    };
+    init_logging(cli.log_format);
+    let path = cli.config.unwrap_or_else(hubee_sync::config::default_path);
+    if let Command::Validate = cli.command {
+        return app::validate(&path);
+    }
+    let settings = match app::load_or_report(&path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(app::EXIT_FAILURE);
+        }
+    };
+    rt.block_on(async move {
+        match cli.command {
+            Command::Once { subscriptions } => app::once(settings, &subscriptions).await,
+            Command::Status { json } => app::status(settings, json).await,
+            Command::Validate => unreachable!("handled above"),
+        }
+    })
+}

@@ -1,1 +1,635 @@
-//! placeholder
+//! The state database: our own record of what was fetched and how far its acknowledgement
+//! went (fetchmail's UIDL list), failures, last polls, and spool sequences. SQLite by
+//! default (created if missing, WAL, synchronous=FULL), PostgreSQL by URL; one SQL dialect
+//! through sqlx's `Any` driver. Schema versions are our own (`hubee_sync_schema`), so our
+//! bookkeeping never clashes with an application's own sqlx migrations.
+
+mod lock;
+mod schema;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row};
+
+pub use lock::{LockError, SubscriptionLock};
+
+/// Where the state database lives.
+#[derive(Clone)]
+pub enum Location {
+    Sqlite(PathBuf),
+    /// A `postgres://` URL (may hold a password: never printed).
+    Postgres(String),
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(p) => write!(f, "sqlite://{}", p.display()),
+            Location::Postgres(u) => write!(f, "{}", redact(u)),
+        }
+    }
+}
+
+/// A database URL with its password hidden.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "(unparsable database URL)".to_string(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("cannot open the state database {place}: {detail}; {fix}")]
+    Open {
+        place: String,
+        detail: String,
+        fix: String,
+    },
+    #[error("the state database {place} has schema version {found}, newer than this hubee-sync knows ({known}); upgrade hubee-sync, or point [state] url at another database")]
+    TooNew {
+        place: String,
+        found: i64,
+        known: i64,
+    },
+    #[error("state database query failed while {doing}: {source}; check that the database at {place} is reachable, not full and writable")]
+    Query {
+        doing: &'static str,
+        place: String,
+        #[source]
+        source: sqlx::Error,
+    },
+}
+
+/// Identifies one delivery: a case (event_id ""), an event, or a reopening round.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeliveryKey {
+    pub subscription: String,
+    pub case_id: String,
+    pub event_id: String,
+    pub round: i64,
+}
+
+/// How far a delivery went. Ordered: each stage implies the ones before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Stage {
+    /// Sealed in tmp/ and about to be renamed into new/ (`tmp_path` says where).
+    Intent,
+    /// Published in new/ (or committed in the business database).
+    Published,
+    /// The receipt status walk began (`receipt_from` is where the case started).
+    ReceiptStarted,
+    /// The receipt status and its event are on the hub, or nothing was owed.
+    ReceiptDone,
+    /// The notification is deleted.
+    Acknowledged,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::Intent => "intent",
+            Stage::Published => "published",
+            Stage::ReceiptStarted => "receipt_started",
+            Stage::ReceiptDone => "receipt_done",
+            Stage::Acknowledged => "acknowledged",
+        }
+    }
+    fn parse(s: &str) -> Stage {
+        match s {
+            "published" => Stage::Published,
+            "receipt_started" => Stage::ReceiptStarted,
+            "receipt_done" => Stage::ReceiptDone,
+            "acknowledged" => Stage::Acknowledged,
+            _ => Stage::Intent,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryRow {
+    pub key: DeliveryKey,
+    pub kind: String,
+    pub external_id: String,
+    pub entry_name: String,
+    pub tmp_path: Option<String>,
+    pub sequence: Option<i64>,
+    pub stage: Stage,
+    pub receipt_from: Option<String>,
+    pub receipt_to: Option<String>,
+    pub receipt_event_id: Option<String>,
+    pub notification_id: Option<String>,
+    /// JSON list of `{path, size, sha256}` of the files delivered.
+    pub files_json: Option<String>,
+}
+
+/// One subscription's line in `status`.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct SubscriptionStatus {
+    pub subscription: String,
+    pub last_poll_at: Option<String>,
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub last_success_at: Option<String>,
+    pub consecutive_failures: i64,
+    pub received: i64,
+    pub acknowledged: i64,
+    pub in_progress: i64,
+    pub failing: i64,
+    pub parked: i64,
+    pub quarantined: i64,
+    pub holder: Option<String>,
+}
+
+/// One item that failed, for `status` and for parking (next issue).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    pub attempts: i64,
+    pub first_at_ms: i64,
+    pub last_error: String,
+}
+
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn ms_to_rfc3339(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default()
+}
+
+/// The state database handle. Cheap to clone.
+#[derive(Clone)]
+pub struct StateDb {
+    pool: AnyPool,
+    place: String,
+    /// For SQLite: where subscription lock files live (beside the database).
+    lock_dir: Option<PathBuf>,
+}
+
+impl StateDb {
+    /// Opens (creating if needed) and migrates the state database.
+    pub async fn open(location: &Location) -> Result<StateDb, StateError> {
+        sqlx::any::install_default_drivers();
+        let place = format!("{location:?}");
+        let (url, lock_dir, max_conn) = match location {
+            Location::Sqlite(path) => {
+                let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+                if let Err(e) = std::fs::create_dir_all(&dir) {
+                    return Err(StateError::Open {
+                        place,
+                        detail: format!("cannot create directory {}: {e}", dir.display()),
+                        fix: "create it, owned by the service user (sudo -u hubee-sync)".into(),
+                    });
+                }
+                let url = format!("sqlite://{}?mode=rwc", path.display());
+                (url, Some(dir.join("locks")), 4)
+            }
+            Location::Postgres(url) => (url.clone(), None, 8),
+        };
+        let is_sqlite = matches!(location, Location::Sqlite(_));
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_conn)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if is_sqlite {
+                        // Durability first: a published entry's record must survive power loss.
+                        conn.execute("PRAGMA journal_mode=WAL").await?;
+                        conn.execute("PRAGMA synchronous=FULL").await?;
+                        conn.execute("PRAGMA busy_timeout=10000").await?;
+                        conn.execute("PRAGMA foreign_keys=ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&url)
+            .await
+            .map_err(|e| StateError::Open {
+                place: place.clone(),
+                detail: crate::hubee::client::error_chain(&e),
+                fix: if is_sqlite {
+                    "check that the directory exists and is writable by the service user".into()
+                } else {
+                    "check that PostgreSQL is running, the URL, the user's rights and pg_hba.conf".into()
+                },
+            })?;
+        if let (Some(dir), Location::Sqlite(path)) = (&lock_dir, location) {
+            restrict_sqlite_files(path);
+            if let Err(e) = std::fs::create_dir_all(dir) {
+                return Err(StateError::Open {
+                    place,
+                    detail: format!("cannot create lock directory {}: {e}", dir.display()),
+                    fix: "check permissions of the state directory".into(),
+                });
+            }
+        }
+        let db = StateDb {
+            pool,
+            place,
+            lock_dir,
+        };
+        schema::migrate(&db).await?;
+        Ok(db)
+    }
+
+    pub fn place(&self) -> &str {
+        &self.place
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    fn q(&self, doing: &'static str) -> impl FnOnce(sqlx::Error) -> StateError + '_ {
+        move |source| StateError::Query {
+            doing,
+            place: self.place.clone(),
+            source,
+        }
+    }
+
+    /// Takes the subscription's lock: one process works a subscription at a time.
+    pub async fn lock_subscription(
+        &self,
+        subscription: &str,
+        holder: &str,
+    ) -> Result<SubscriptionLock, LockError> {
+        let guard = match &self.lock_dir {
+            Some(dir) => SubscriptionLock::file(dir, subscription, holder)?,
+            None => SubscriptionLock::advisory(&self.pool, subscription, holder).await?,
+        };
+        let _ = sqlx::query(
+            "INSERT INTO subscription_state (subscription, holder, held_since) VALUES ($1, $2, $3)
+             ON CONFLICT (subscription) DO UPDATE SET holder = $2, held_since = $3",
+        )
+        .bind(subscription)
+        .bind(holder)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await;
+        Ok(guard)
+    }
+
+    /// Clears the holder shown by `status` after a lock is released.
+    pub async fn clear_holder(&self, subscription: &str) {
+        let _ = sqlx::query(
+            "UPDATE subscription_state SET holder = NULL, held_since = NULL WHERE subscription = $1",
+        )
+        .bind(subscription)
+        .execute(&self.pool)
+        .await;
+    }
+
+    pub async fn delivery(&self, key: &DeliveryKey) -> Result<Option<DeliveryRow>, StateError> {
+        let row = sqlx::query(
+            "SELECT subscription, case_id, event_id, round, kind, external_id, entry_name, tmp_path,
+                    sequence, stage, receipt_from, receipt_to, receipt_event_id, notification_id, files_json
+             FROM delivery WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
+        )
+        .bind(&key.subscription)
+        .bind(&key.case_id)
+        .bind(&key.event_id)
+        .bind(key.round)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.q("reading a delivery"))?;
+        row.map(|r| row_to_delivery(&r))
+            .transpose()
+            .map_err(self.q("decoding a delivery"))
+    }
+
+    /// Deliveries of a subscription stuck at `intent` (crash around the rename).
+    pub async fn intents(&self, subscription: &str) -> Result<Vec<DeliveryRow>, StateError> {
+        let rows = sqlx::query(
+            "SELECT subscription, case_id, event_id, round, kind, external_id, entry_name, tmp_path,
+                    sequence, stage, receipt_from, receipt_to, receipt_event_id, notification_id, files_json
+             FROM delivery WHERE subscription = $1 AND stage = 'intent'",
+        )
+        .bind(subscription)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.q("listing unfinished deliveries"))?;
+        rows.iter()
+            .map(row_to_delivery)
+            .collect::<Result<_, _>>()
+            .map_err(self.q("decoding a delivery"))
+    }
+
+    /// The next `sequence` number for a subscription's spool.
+    pub async fn next_sequence(&self, subscription: &str) -> Result<i64, StateError> {
+        self.ensure_subscription(subscription).await?;
+        let row = sqlx::query(
+            "UPDATE subscription_state SET spool_sequence = spool_sequence + 1
+             WHERE subscription = $1 RETURNING spool_sequence",
+        )
+        .bind(subscription)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.q("allocating a spool sequence number"))?;
+        row.try_get::<i64, _>(0)
+            .map_err(self.q("allocating a spool sequence number"))
+    }
+
+    async fn ensure_subscription(&self, subscription: &str) -> Result<(), StateError> {
+        sqlx::query(
+            "INSERT INTO subscription_state (subscription) VALUES ($1) ON CONFLICT (subscription) DO NOTHING",
+        )
+        .bind(subscription)
+        .execute(&self.pool)
+        .await
+        .map_err(self.q("registering a subscription"))?;
+        Ok(())
+    }
+
+    /// Records the intent to publish: the entry is sealed in `tmp_path`.
+    pub async fn record_intent(&self, row: &DeliveryRow) -> Result<(), StateError> {
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO delivery (subscription, case_id, event_id, round, kind, external_id, entry_name,
+                tmp_path, sequence, stage, notification_id, files_json, created_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'intent', $10, $11, $12, $12)
+             ON CONFLICT (subscription, case_id, event_id, round) DO UPDATE SET
+                kind = $5, external_id = $6, entry_name = $7, tmp_path = $8, sequence = $9,
+                stage = 'intent', notification_id = $10, files_json = $11, updated_at = $12",
+        )
+        .bind(&row.key.subscription)
+        .bind(&row.key.case_id)
+        .bind(&row.key.event_id)
+        .bind(row.key.round)
+        .bind(&row.kind)
+        .bind(&row.external_id)
+        .bind(&row.entry_name)
+        .bind(row.tmp_path.clone())
+        .bind(row.sequence)
+        .bind(row.notification_id.clone())
+        .bind(row.files_json.clone())
+        .bind(now)
+        .execute(&self.pool)
+        .await
+        .map_err(self.q("recording a delivery intent"))?;
+        Ok(())
+    }
+
+    /// Moves a delivery forward to `stage` (never backward).
+    pub async fn advance(&self, key: &DeliveryKey, stage: Stage) -> Result<(), StateError> {
+        let now = now_ms();
+        let (published, acked) = match stage {
+            Stage::Published => (Some(now), None),
+            Stage::Acknowledged => (None, Some(now)),
+            _ => (None, None),
+        };
+        sqlx::query(
+            "UPDATE delivery SET stage = $5, updated_at = $6,
+                published_at = COALESCE(published_at, $7), acknowledged_at = COALESCE(acknowledged_at, $8),
+                tmp_path = CASE WHEN $5 = 'intent' THEN tmp_path ELSE NULL END
+             WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
+        )
+        .bind(&key.subscription)
+        .bind(&key.case_id)
+        .bind(&key.event_id)
+        .bind(key.round)
+        .bind(stage.as_str())
+        .bind(now)
+        .bind(published)
+        .bind(acked)
+        .execute(&self.pool)
+        .await
+        .map_err(self.q("recording delivery progress"))?;
+        Ok(())
+    }
+
+    /// Records where the receipt walk starts, before the first PATCH.
+    pub async fn record_receipt_start(
+        &self,
+        key: &DeliveryKey,
+        from: &str,
+        to: &str,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE delivery SET stage = 'receipt_started', receipt_from = $5, receipt_to = $6, updated_at = $7
+             WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
+        )
+        .bind(&key.subscription)
+        .bind(&key.case_id)
+        .bind(&key.event_id)
+        .bind(key.round)
+        .bind(from)
+        .bind(to)
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(self.q("recording the receipt walk"))?;
+        Ok(())
+    }
+
+    /// Records the receipt as done, with the id of our event when one was posted.
+    pub async fn record_receipt_done(
+        &self,
+        key: &DeliveryKey,
+        event_id: Option<&str>,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE delivery SET stage = 'receipt_done', receipt_event_id = $5, updated_at = $6
+             WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
+        )
+        .bind(&key.subscription)
+        .bind(&key.case_id)
+        .bind(&key.event_id)
+        .bind(key.round)
+        .bind(event_id.map(str::to_string))
+        .bind(now_ms())
+        .execute(&self.pool)
+        .await
+        .map_err(self.q("recording the receipt"))?;
+        Ok(())
+    }
+
+    /// Counts one more failure of an item; returns the failure record after the update.
+    pub async fn record_failure(
+        &self,
+        subscription: &str,
+        item: &str,
+        case_id: Option<&str>,
+        external_id: Option<&str>,
+        error: &str,
+    ) -> Result<Failure, StateError> {
+        let now = now_ms();
+        let row = sqlx::query(
+            "INSERT INTO failure (subscription, item, case_id, external_id, attempts, first_at, last_at, last_error)
+             VALUES ($1, $2, $3, $4, 1, $5, $5, $6)
+             ON CONFLICT (subscription, item) DO UPDATE SET attempts = failure.attempts + 1,
+                last_at = $5, last_error = $6, external_id = COALESCE($4, failure.external_id)
+             RETURNING attempts, first_at, last_error",
+        )
+        .bind(subscription)
+        .bind(item)
+        .bind(case_id.map(str::to_string))
+        .bind(external_id.map(str::to_string))
+        .bind(now)
+        .bind(error)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.q("recording a failure"))?;
+        Ok(Failure {
+            attempts: row.try_get(0).map_err(self.q("recording a failure"))?,
+            first_at_ms: row.try_get(1).map_err(self.q("recording a failure"))?,
+            last_error: row.try_get(2).map_err(self.q("recording a failure"))?,
+        })
+    }
+
+    pub async fn clear_failure(&self, subscription: &str, item: &str) -> Result<(), StateError> {
+        sqlx::query("DELETE FROM failure WHERE subscription = $1 AND item = $2")
+            .bind(subscription)
+            .bind(item)
+            .execute(&self.pool)
+            .await
+            .map_err(self.q("clearing a failure"))?;
+        Ok(())
+    }
+
+    /// Records the outcome of a poll cycle.
+    pub async fn record_poll(
+        &self,
+        subscription: &str,
+        ok: bool,
+        error: Option<&str>,
+    ) -> Result<(), StateError> {
+        self.ensure_subscription(subscription).await?;
+        let now = now_ms();
+        let sql = if ok {
+            "UPDATE subscription_state SET last_poll_at = $2, last_outcome = 'ok', last_error = NULL,
+                last_success_at = $2, consecutive_failures = 0 WHERE subscription = $1"
+        } else {
+            "UPDATE subscription_state SET last_poll_at = $2, last_outcome = 'failed', last_error = $3,
+                consecutive_failures = consecutive_failures + 1 WHERE subscription = $1"
+        };
+        let mut q = sqlx::query(sql).bind(subscription).bind(now);
+        if !ok {
+            q = q.bind(error.unwrap_or("unknown error").to_string());
+        }
+        q.execute(&self.pool)
+            .await
+            .map_err(self.q("recording a poll"))?;
+        Ok(())
+    }
+
+    /// Everything `status` shows, for the named subscriptions (those in the config).
+    pub async fn status(
+        &self,
+        subscriptions: &[String],
+    ) -> Result<Vec<SubscriptionStatus>, StateError> {
+        let mut out = Vec::with_capacity(subscriptions.len());
+        for name in subscriptions {
+            let s = sqlx::query(
+                "SELECT last_poll_at, last_outcome, last_error, last_success_at, consecutive_failures,
+                        holder, held_since
+                 FROM subscription_state WHERE subscription = $1",
+            )
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.q("reading subscription status"))?;
+            let counts = sqlx::query(
+                "SELECT
+                    (SELECT COUNT(*) FROM delivery WHERE subscription = $1),
+                    (SELECT COUNT(*) FROM delivery WHERE subscription = $1 AND stage = 'acknowledged'),
+                    (SELECT COUNT(*) FROM failure WHERE subscription = $1 AND parked = 0 AND quarantined = 0),
+                    (SELECT COUNT(*) FROM failure WHERE subscription = $1 AND parked = 1 AND quarantined = 0),
+                    (SELECT COUNT(*) FROM failure WHERE subscription = $1 AND quarantined = 1)",
+            )
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.q("counting deliveries"))?;
+            let get = |i: usize| -> Result<i64, StateError> {
+                counts.try_get::<i64, _>(i).map_err(self.q("counting deliveries"))
+            };
+            let (received, acknowledged) = (get(0)?, get(1)?);
+            let mut st = SubscriptionStatus {
+                subscription: name.clone(),
+                last_poll_at: None,
+                last_outcome: None,
+                last_error: None,
+                last_success_at: None,
+                consecutive_failures: 0,
+                received,
+                acknowledged,
+                in_progress: received - acknowledged,
+                failing: get(2)?,
+                parked: get(3)?,
+                quarantined: get(4)?,
+                holder: None,
+            };
+            if let Some(r) = s {
+                let ms = |i: usize| r.try_get::<Option<i64>, _>(i).ok().flatten();
+                let text = |i: usize| r.try_get::<Option<String>, _>(i).ok().flatten();
+                st.last_poll_at = ms(0).map(ms_to_rfc3339);
+                st.last_outcome = text(1);
+                st.last_error = text(2);
+                st.last_success_at = ms(3).map(ms_to_rfc3339);
+                st.consecutive_failures = r.try_get::<i64, _>(4).unwrap_or(0);
+                st.holder = text(5).map(|h| match ms(6) {
+                    Some(since) => format!("{h} since {}", ms_to_rfc3339(since)),
+                    None => h,
+                });
+            }
+            out.push(st);
+        }
+        Ok(out)
+    }
+
+    /// Last poll time per subscription in ms (for overdue checks).
+    pub async fn last_poll_ms(&self, subscription: &str) -> Result<Option<i64>, StateError> {
+        let r = sqlx::query("SELECT last_poll_at FROM subscription_state WHERE subscription = $1")
+            .bind(subscription)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(self.q("reading the last poll"))?;
+        Ok(r.and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()))
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn row_to_delivery(r: &AnyRow) -> Result<DeliveryRow, sqlx::Error> {
+    Ok(DeliveryRow {
+        key: DeliveryKey {
+            subscription: r.try_get(0)?,
+            case_id: r.try_get(1)?,
+            event_id: r.try_get(2)?,
+            round: r.try_get(3)?,
+        },
+        kind: r.try_get(4)?,
+        external_id: r.try_get::<Option<String>, _>(5)?.unwrap_or_default(),
+        entry_name: r.try_get(6)?,
+        tmp_path: r.try_get(7)?,
+        sequence: r.try_get(8)?,
+        stage: Stage::parse(&r.try_get::<String, _>(9)?),
+        receipt_from: r.try_get(10)?,
+        receipt_to: r.try_get(11)?,
+        receipt_event_id: r.try_get(12)?,
+        notification_id: r.try_get(13)?,
+        files_json: r.try_get(14)?,
+    })
+}
+
+/// The state database holds case ids and file names: no one else needs to read it.
+fn restrict_sqlite_files(path: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = path.as_os_str().to_owned();
+        p.push(suffix);
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
+}

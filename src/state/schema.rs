@@ -1,0 +1,106 @@
+//! Versioned, forward-only migrations of the state database, in one SQL dialect that both
+//! SQLite and PostgreSQL accept. Bookkeeping in our own table `hubee_sync_schema`.
+
+use sqlx::Row;
+
+use super::{StateDb, StateError};
+
+/// Each entry is one version; statements are separated by `;`.
+const MIGRATIONS: &[&str] = &[
+    // 1: deliveries, failures, subscriptions.
+    "CREATE TABLE IF NOT EXISTS subscription_state (
+        subscription TEXT PRIMARY KEY,
+        last_poll_at BIGINT,
+        last_outcome TEXT,
+        last_error TEXT,
+        last_success_at BIGINT,
+        consecutive_failures BIGINT NOT NULL DEFAULT 0,
+        spool_sequence BIGINT NOT NULL DEFAULT 0,
+        holder TEXT,
+        held_since BIGINT
+    );
+    CREATE TABLE IF NOT EXISTS delivery (
+        subscription TEXT NOT NULL,
+        case_id TEXT NOT NULL,
+        event_id TEXT NOT NULL DEFAULT '',
+        round BIGINT NOT NULL DEFAULT 0,
+        kind TEXT NOT NULL,
+        external_id TEXT,
+        entry_name TEXT NOT NULL,
+        tmp_path TEXT,
+        sequence BIGINT,
+        stage TEXT NOT NULL,
+        receipt_from TEXT,
+        receipt_to TEXT,
+        receipt_event_id TEXT,
+        notification_id TEXT,
+        files_json TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        published_at BIGINT,
+        acknowledged_at BIGINT,
+        PRIMARY KEY (subscription, case_id, event_id, round)
+    );
+    CREATE INDEX IF NOT EXISTS delivery_stage ON delivery (subscription, stage);
+    CREATE TABLE IF NOT EXISTS failure (
+        subscription TEXT NOT NULL,
+        item TEXT NOT NULL,
+        case_id TEXT,
+        external_id TEXT,
+        attempts BIGINT NOT NULL,
+        first_at BIGINT NOT NULL,
+        last_at BIGINT NOT NULL,
+        last_error TEXT NOT NULL,
+        parked BIGINT NOT NULL DEFAULT 0,
+        quarantined BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (subscription, item)
+    )",
+];
+
+/// The newest schema this binary knows.
+pub const KNOWN_VERSION: i64 = MIGRATIONS.len() as i64;
+
+pub(super) async fn migrate(db: &StateDb) -> Result<(), StateError> {
+    let pool = db.pool();
+    let q = |doing: &'static str| {
+        move |source| StateError::Query {
+            doing,
+            place: db.place().to_string(),
+            source,
+        }
+    };
+    sqlx::query("CREATE TABLE IF NOT EXISTS hubee_sync_schema (version BIGINT NOT NULL)")
+        .execute(pool)
+        .await
+        .map_err(q("creating the schema version table"))?;
+    let current: i64 = sqlx::query("SELECT COALESCE(MAX(version), 0) FROM hubee_sync_schema")
+        .fetch_one(pool)
+        .await
+        .and_then(|r| r.try_get::<i64, _>(0))
+        .map_err(q("reading the schema version"))?;
+    if current > KNOWN_VERSION {
+        return Err(StateError::TooNew {
+            place: db.place().to_string(),
+            found: current,
+            known: KNOWN_VERSION,
+        });
+    }
+    for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let version = i as i64 + 1;
+        let mut tx = pool.begin().await.map_err(q("starting a migration"))?;
+        for stmt in migration.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+            sqlx::query(stmt)
+                .execute(&mut *tx)
+                .await
+                .map_err(q("applying a schema migration"))?;
+        }
+        sqlx::query("INSERT INTO hubee_sync_schema (version) VALUES ($1)")
+            .bind(version)
+            .execute(&mut *tx)
+            .await
+            .map_err(q("recording a schema migration"))?;
+        tx.commit().await.map_err(q("committing a schema migration"))?;
+        tracing::info!(version, "state database migrated");
+    }
+    Ok(())
+}

@@ -1,0 +1,312 @@
+//! The batch loop of one subscription (PROTOCOL §8.1): batches of 25 until a short batch,
+//! each notification handled on its own so that one failing case never stops the others.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::deliver::{PublishOutcome, Spool, SpoolError};
+use crate::hubee::status::CaseStatus;
+use crate::hubee::{HubError, HubSession};
+use crate::state::{DeliveryRow, LockError, Stage, StateDb, StateError};
+
+use super::case::{handle_new_case, CaseOutcome};
+use super::plan::{self, Action};
+
+/// Batch size: "par lot de 25 max" (PROTOCOL §4 N1, §10.5).
+pub const BATCH: u32 = 25;
+
+/// Everything one subscription's cycle needs, built from validated settings.
+pub struct SubscriptionCtx {
+    pub name: String,
+    pub process_code: String,
+    pub receipt_status: CaseStatus,
+    pub session: HubSession,
+    pub spool: Spool,
+    pub state: StateDb,
+    pub max_parallel_downloads: usize,
+    pub download_attempts: u32,
+    pub retry_base_delay: Duration,
+    /// `author` of our events: the editor name.
+    pub author: String,
+}
+
+/// Why one notification could not be handled this cycle.
+#[derive(Debug, thiserror::Error)]
+pub enum ItemError {
+    #[error("{doing}: {source}")]
+    Hub {
+        doing: &'static str,
+        #[source]
+        source: HubError,
+    },
+    #[error("{0}")]
+    Download(#[from] super::download::DownloadError),
+    #[error("{0}")]
+    Spool(#[source] SpoolError),
+    #[error("{0}")]
+    State(#[from] StateError),
+    /// The hub sent something we refuse to deliver as it is.
+    #[error("{0}")]
+    Refused(String),
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl ItemError {
+    pub fn spool(e: SpoolError) -> ItemError {
+        ItemError::Spool(e)
+    }
+
+    /// Failures that concern the whole subscription, not this item: stop the cycle.
+    fn stops_cycle(&self) -> bool {
+        match self {
+            ItemError::Hub { source, .. } => source.is_auth(),
+            ItemError::Spool(_) | ItemError::State(_) => true,
+            ItemError::Download(d) => d.is_local(),
+            _ => false,
+        }
+    }
+}
+
+/// One failed item, for the report.
+#[derive(Debug, Clone)]
+pub struct ItemFailure {
+    pub notification_id: String,
+    pub case_id: Option<String>,
+    pub error: String,
+}
+
+/// What a cycle did.
+#[derive(Debug, Default, Clone)]
+pub struct CycleReport {
+    pub subscription: String,
+    /// Entries published this cycle.
+    pub received: usize,
+    /// Notifications deleted this cycle.
+    pub acknowledged: usize,
+    /// Cases waiting for a PENDING file.
+    pub waiting: usize,
+    /// Notifications left for a later version or cycle (not failures).
+    pub skipped: usize,
+    pub failures: Vec<ItemFailure>,
+    /// A failure that stopped the whole cycle (lock, credentials, hub unreachable, spool).
+    pub fatal: Option<String>,
+}
+
+impl CycleReport {
+    pub fn ok(&self) -> bool {
+        self.fatal.is_none() && self.failures.is_empty()
+    }
+}
+
+/// Runs one complete cycle of a subscription. Never panics on hub data; every failure ends
+/// up in the report and the state database.
+pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
+    let mut report = CycleReport {
+        subscription: ctx.name.clone(),
+        ..Default::default()
+    };
+    let lock = match ctx.state.lock_subscription(&ctx.name, holder).await {
+        Ok(l) => l,
+        Err(e @ LockError::Held { .. }) => {
+            report.fatal = Some(e.to_string());
+            return report;
+        }
+        Err(e) => {
+            report.fatal = Some(e.to_string());
+            return report;
+        }
+    };
+    if let Err(e) = cycle_locked(ctx, &mut report).await {
+        report.fatal = Some(e);
+    }
+    let outcome_error = report.fatal.clone().or_else(|| {
+        report.failures.first().map(|f| {
+            format!(
+                "{} item(s) failed; first: {}",
+                report.failures.len(),
+                f.error
+            )
+        })
+    });
+    if let Err(e) = ctx
+        .state
+        .record_poll(&ctx.name, report.ok(), outcome_error.as_deref())
+        .await
+    {
+        tracing::error!(subscription = %ctx.name, error = %e, "cannot record the poll outcome");
+    }
+    ctx.state.clear_holder(&ctx.name).await;
+    lock.release().await;
+    report
+}
+
+async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result<(), String> {
+    // 1. Finish publications a crash interrupted, then clear tmp/ of leftovers.
+    let intents = ctx.state.intents(&ctx.name).await.map_err(|e| e.to_string())?;
+    for row in &intents {
+        recover_intent(ctx, row).await.map_err(|e| e.to_string())?;
+    }
+    match ctx.spool.clean_tmp(&[]) {
+        Ok(removed) => {
+            for p in removed {
+                tracing::info!(subscription = %ctx.name, path = %p.display(), "removed an unfinished entry left in tmp/ by an interrupted run");
+            }
+        }
+        Err(e) => return Err(e.to_string()),
+    }
+
+    // 2. Credentials first: a refused secret is one clear error, not one per case.
+    ctx.session.authenticate().await.map_err(|e| e.to_string())?;
+
+    // 3. Batches until a short one (PROTOCOL §8.1).
+    let mut failed_ids: HashSet<String> = HashSet::new();
+    let mut skipped_ids: HashSet<String> = HashSet::new();
+    loop {
+        let batch = ctx
+            .session
+            .list_notifications(BATCH)
+            .await
+            .map_err(|e| format!("cannot list notifications: {e}"))?;
+        let len = batch.len();
+        let mut planned = Vec::with_capacity(len);
+        for n in &batch {
+            match plan::decide(n) {
+                Some(p) => planned.push(p),
+                None => tracing::error!(subscription = %ctx.name, notification = ?n,
+                    "the hub sent a notification without an id; it cannot be acknowledged"),
+            }
+        }
+        let mut progressed = false;
+        for p in plan::order(planned) {
+            let nid = p.notification_id.clone();
+            if failed_ids.contains(&nid) || skipped_ids.contains(&nid) {
+                continue;
+            }
+            let case_id = p.notification.case_id.clone();
+            let result = match &p.action {
+                Action::NewCase { case_id } => handle_new_case(ctx, &nid, case_id).await.map(Some),
+                Action::DeleteOnly => ctx
+                    .session
+                    .delete_notification(&nid)
+                    .await
+                    .map(|_| None)
+                    .map_err(|e| ItemError::hub(e, "deleting the notification")),
+                Action::Event { .. } => {
+                    tracing::warn!(subscription = %ctx.name, notification_id = %nid,
+                        "event notifications are not handled by this version; left on the hub");
+                    skipped_ids.insert(nid.clone());
+                    report.skipped += 1;
+                    continue;
+                }
+                Action::Invalid { reason } => Err(ItemError::Refused(reason.clone())),
+            };
+            match result {
+                Ok(Some(CaseOutcome::Waiting)) => {
+                    report.waiting += 1;
+                    skipped_ids.insert(nid);
+                }
+                Ok(outcome) => {
+                    progressed = true;
+                    report.acknowledged += 1;
+                    if outcome == Some(CaseOutcome::Delivered) {
+                        report.received += 1;
+                    }
+                    if let Some(c) = &case_id {
+                        let _ = ctx.state.clear_failure(&ctx.name, c).await;
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    tracing::error!(subscription = %ctx.name, notification_id = %nid,
+                        case_id = case_id.as_deref().unwrap_or(""), error = %msg,
+                        "télédossier not delivered this cycle; it will be retried");
+                    if let Err(se) = ctx
+                        .state
+                        .record_failure(&ctx.name, case_id.as_deref().unwrap_or(&nid), case_id.as_deref(), None, &msg)
+                        .await
+                    {
+                        tracing::error!(subscription = %ctx.name, error = %se, "cannot record a failure");
+                    }
+                    report.failures.push(ItemFailure {
+                        notification_id: nid.clone(),
+                        case_id: case_id.clone(),
+                        error: msg.clone(),
+                    });
+                    failed_ids.insert(nid);
+                    if e.stops_cycle() {
+                        return Err(msg);
+                    }
+                }
+            }
+        }
+        if len < BATCH as usize {
+            break;
+        }
+        // A full batch made only of items that failed or wait: the hub would return the same
+        // ones again (oldest first, no offset), so stop instead of spinning (PROTOCOL §9).
+        if !progressed {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Finishes a publication recorded as intent: the tmp directory still there means the
+/// rename did not happen; gone means it did (even if the consumer has since moved or
+/// deleted the entry).
+pub async fn recover_intent(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemError> {
+    match row.tmp_path.as_deref().map(Path::new) {
+        Some(tmp) if tmp.exists() => publish_recorded(ctx, row, tmp).await,
+        _ => {
+            ctx.state.advance(&row.key, Stage::Published).await?;
+            Ok(())
+        }
+    }
+}
+
+/// Renames a sealed entry into new/ and records it published.
+pub async fn publish_recorded(
+    ctx: &SubscriptionCtx,
+    row: &DeliveryRow,
+    tmp: &Path,
+) -> Result<(), ItemError> {
+    match ctx.spool.publish(tmp, &row.entry_name).map_err(ItemError::spool)? {
+        PublishOutcome::Published(path) => {
+            ctx.state.advance(&row.key, Stage::Published).await?;
+            tracing::info!(
+                subscription = %ctx.name, case_id = %row.key.case_id, external_id = %row.external_id,
+                entry = %path.display(), "télédossier published in the spool"
+            );
+            Ok(())
+        }
+        PublishOutcome::AlreadyExists(path) => {
+            let theirs = ctx.spool.read_manifest(&row.entry_name).ok().flatten();
+            let ours = theirs.as_ref().is_some_and(|m| {
+                m.case_id == row.key.case_id
+                    && m.event_id.as_deref().unwrap_or("") == row.key.event_id
+                    && i64::from(m.round) == row.key.round
+            });
+            if ours {
+                let _ = std::fs::remove_dir_all(tmp);
+                ctx.state.advance(&row.key, Stage::Published).await?;
+                Ok(())
+            } else {
+                Err(ItemError::Refused(format!(
+                    "an entry named {} already exists in the spool ({}) for another delivery; move it away and the case will be delivered next cycle",
+                    row.entry_name,
+                    path.display()
+                )))
+            }
+        }
+    }
+}
+
+pub(crate) fn log_acknowledged(ctx: &SubscriptionCtx, row: &DeliveryRow) {
+    tracing::info!(
+        subscription = %ctx.name, case_id = %row.key.case_id, external_id = %row.external_id,
+        notification_id = row.notification_id.as_deref().unwrap_or(""),
+        "télédossier acknowledged on the hub"
+    );
+}

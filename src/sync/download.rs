@@ -1,0 +1,159 @@
+//! Fetching one file into a pending entry: streamed, hashed while written, verified against
+//! the announced size and digest. Nothing unverified is ever kept.
+
+use std::time::Duration;
+
+use crate::deliver::{PendingEntry, WrittenFile};
+use crate::hubee::{Download, HubError, HubSession};
+
+/// Which file to fetch.
+pub struct FileRef<'a> {
+    pub case_id: &'a str,
+    /// `Some` for a file attached to an event.
+    pub event_id: Option<&'a str>,
+    pub attachment_id: &'a str,
+    pub expected_size: u64,
+    /// Where in the entry (from `PendingEntry::attachment_path`).
+    pub rel_path: &'a str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{0}")]
+    Hub(#[from] HubError),
+    #[error("attachment {attachment_id}: the hub sent {got} bytes, {more} than the {expected} bytes its metadata announces")]
+    SizeMismatch {
+        attachment_id: String,
+        expected: u64,
+        got: u64,
+        more: &'static str,
+    },
+    #[error("attachment {attachment_id}: SHA-256 {got} does not match the digest the hub announced ({expected})")]
+    DigestMismatch {
+        attachment_id: String,
+        expected: String,
+        got: String,
+    },
+    #[error("attachment {attachment_id}: unreadable digest header: {detail}")]
+    BadDigest {
+        attachment_id: String,
+        detail: String,
+    },
+    #[error("attachment {attachment_id}: cannot write into the spool: {source}")]
+    Spool {
+        attachment_id: String,
+        #[source]
+        source: crate::deliver::SpoolError,
+    },
+}
+
+impl DownloadError {
+    /// Local failures (disk full, permissions) are not the hub's: retrying now won't help.
+    pub fn is_local(&self) -> bool {
+        matches!(self, DownloadError::Spool { .. })
+    }
+}
+
+/// Fetches a file with up to `attempts` tries, backing off between them.
+pub async fn fetch_verified(
+    session: &HubSession,
+    entry: &PendingEntry,
+    file: &FileRef<'_>,
+    attempts: u32,
+    base_delay: Duration,
+) -> Result<WrittenFile, DownloadError> {
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match fetch_once(session, entry, file).await {
+            Ok(w) => return Ok(w),
+            Err(e) if e.is_local() || tries >= attempts.max(1) => return Err(e),
+            Err(e) => {
+                let delay = base_delay
+                    .saturating_mul(1 << (tries - 1).min(10))
+                    .mul_f64(0.5 + fastrand::f64() * 0.5);
+                tracing::warn!(
+                    case_id = file.case_id,
+                    attachment_id = file.attachment_id,
+                    attempt = tries,
+                    error = %e,
+                    "download failed verification or broke off, retrying"
+                );
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn fetch_once(
+    session: &HubSession,
+    entry: &PendingEntry,
+    file: &FileRef<'_>,
+) -> Result<WrittenFile, DownloadError> {
+    let aid = file.attachment_id.to_string();
+    let mut dl: Download = match file.event_id {
+        None => session.download_case_attachment(file.case_id, file.attachment_id).await?,
+        Some(e) => session
+            .download_event_attachment(file.case_id, e, file.attachment_id)
+            .await?,
+    };
+    let expected_digest = match dl.digest.take() {
+        None => None,
+        Some(Ok(d)) => Some(d),
+        Some(Err(detail)) => {
+            return Err(DownloadError::BadDigest {
+                attachment_id: aid,
+                detail,
+            })
+        }
+    };
+    // A Content-Length that disagrees with the metadata is caught before any byte is written.
+    if let Some(len) = dl.content_length {
+        if len != file.expected_size {
+            return Err(DownloadError::SizeMismatch {
+                attachment_id: aid,
+                expected: file.expected_size,
+                got: len,
+                more: if len > file.expected_size { "more" } else { "fewer" },
+            });
+        }
+    }
+    let spool_err = |source| DownloadError::Spool {
+        attachment_id: file.attachment_id.to_string(),
+        source,
+    };
+    let mut writer = entry.create_file(file.rel_path).await.map_err(spool_err)?;
+    let mut got: u64 = 0;
+    while let Some(chunk) = dl.chunk().await? {
+        got += chunk.len() as u64;
+        if got > file.expected_size {
+            return Err(DownloadError::SizeMismatch {
+                attachment_id: aid,
+                expected: file.expected_size,
+                got,
+                more: "more",
+            });
+        }
+        writer.write(&chunk).await.map_err(spool_err)?;
+    }
+    if got != file.expected_size {
+        return Err(DownloadError::SizeMismatch {
+            attachment_id: aid,
+            expected: file.expected_size,
+            got,
+            more: "fewer",
+        });
+    }
+    // The writer hashed exactly the bytes that reached the file.
+    let written = writer.finish().await.map_err(spool_err)?;
+    if let Some(expected) = expected_digest {
+        if expected != written.sha256 {
+            return Err(DownloadError::DigestMismatch {
+                attachment_id: aid,
+                expected: crate::hubee::client::digest_header(&expected),
+                got: crate::hubee::client::digest_header(&written.sha256),
+            });
+        }
+    }
+    Ok(written)
+}

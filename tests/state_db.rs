@@ -1,0 +1,131 @@
+//! The state database behaves the same on SQLite and on a real PostgreSQL server.
+
+mod common;
+
+use hubee_sync::state::{DeliveryKey, DeliveryRow, LockError, Location, Stage, StateDb};
+
+fn row(sub: &str, case: &str) -> DeliveryRow {
+    DeliveryRow {
+        key: DeliveryKey {
+            subscription: sub.into(),
+            case_id: case.into(),
+            event_id: String::new(),
+            round: 0,
+        },
+        kind: "case".into(),
+        external_id: "DGS-CERTDC-1".into(),
+        entry_name: format!("DGS-CERTDC-1~{case}"),
+        tmp_path: Some("/tmp/x".into()),
+        sequence: Some(1),
+        stage: Stage::Intent,
+        receipt_from: None,
+        receipt_to: None,
+        receipt_event_id: None,
+        notification_id: Some("n1".into()),
+        files_json: None,
+    }
+}
+
+async fn delivery_progress_is_recorded_step_by_step(db: &StateDb) {
+    let r = row("certdc", "case-1");
+    db.record_intent(&r).await.unwrap();
+    assert_eq!(db.intents("certdc").await.unwrap().len(), 1);
+    db.advance(&r.key, Stage::Published).await.unwrap();
+    assert!(db.intents("certdc").await.unwrap().is_empty());
+    db.record_receipt_start(&r.key, "HUBEE_NOTIFIED", "IN_PROGRESS").await.unwrap();
+    let got = db.delivery(&r.key).await.unwrap().unwrap();
+    assert_eq!(got.stage, Stage::ReceiptStarted);
+    assert_eq!(got.receipt_from.as_deref(), Some("HUBEE_NOTIFIED"));
+    assert_eq!(got.tmp_path, None, "tmp path is forgotten once published");
+    db.record_receipt_done(&r.key, Some("ev-1")).await.unwrap();
+    db.advance(&r.key, Stage::Acknowledged).await.unwrap();
+    let got = db.delivery(&r.key).await.unwrap().unwrap();
+    assert_eq!(got.stage, Stage::Acknowledged);
+    assert_eq!(got.receipt_event_id.as_deref(), Some("ev-1"));
+
+    // Sequences grow per subscription.
+    let a = db.next_sequence("certdc").await.unwrap();
+    let b = db.next_sequence("certdc").await.unwrap();
+    assert_eq!(b, a + 1);
+
+    // Failures count up and clear.
+    let f1 = db.record_failure("certdc", "case-2", Some("case-2"), None, "boom").await.unwrap();
+    let f2 = db.record_failure("certdc", "case-2", Some("case-2"), None, "boom again").await.unwrap();
+    assert_eq!((f1.attempts, f2.attempts), (1, 2));
+    assert_eq!(f2.last_error, "boom again");
+    db.record_poll("certdc", false, Some("hub down")).await.unwrap();
+    let st = db.status(&["certdc".to_string()]).await.unwrap();
+    assert_eq!(st[0].received, 1);
+    assert_eq!(st[0].acknowledged, 1);
+    assert_eq!(st[0].failing, 1);
+    assert_eq!(st[0].consecutive_failures, 1);
+    assert_eq!(st[0].last_error.as_deref(), Some("hub down"));
+    db.clear_failure("certdc", "case-2").await.unwrap();
+    db.record_poll("certdc", true, None).await.unwrap();
+    let st = db.status(&["certdc".to_string()]).await.unwrap();
+    assert_eq!((st[0].failing, st[0].consecutive_failures), (0, 0));
+    assert_eq!(st[0].last_outcome.as_deref(), Some("ok"));
+}
+
+async fn second_process_cannot_take_a_held_subscription(db: &StateDb, other: &StateDb) {
+    let held = db.lock_subscription("certdc", "pid 1 on test (hubee-sync run)").await.unwrap();
+    match other.lock_subscription("certdc", "pid 2 on test (hubee-sync once)").await {
+        Err(LockError::Held { holder, .. }) => {
+            assert!(holder.contains("pid 1"), "names who holds it: {holder}")
+        }
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("two holders of one subscription"),
+    }
+    // Another subscription is free.
+    let _free = other.lock_subscription("etatcivil", "pid 2").await.unwrap();
+    held.release().await;
+    let _again = other.lock_subscription("certdc", "pid 2").await.unwrap();
+}
+
+#[tokio::test]
+async fn sqlite_state_records_delivery_progress_and_locks() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = Location::Sqlite(dir.path().join("state/state.db"));
+    let db = StateDb::open(&loc).await.unwrap();
+    delivery_progress_is_recorded_step_by_step(&db).await;
+    let other = StateDb::open(&loc).await.unwrap();
+    second_process_cannot_take_a_held_subscription(&db, &other).await;
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("state/state.db")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "state database readable by others: {mode:o}");
+}
+
+#[tokio::test]
+async fn postgres_state_records_delivery_progress_and_locks() {
+    let pg = common::PgDb::create().await;
+    let loc = Location::Postgres(pg.url.clone());
+    let db = StateDb::open(&loc).await.unwrap();
+    delivery_progress_is_recorded_step_by_step(&db).await;
+    let other = StateDb::open(&loc).await.unwrap();
+    second_process_cannot_take_a_held_subscription(&db, &other).await;
+    db.close().await;
+    other.close().await;
+    pg.drop_now().await;
+}
+
+#[tokio::test]
+async fn state_database_newer_than_the_binary_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let loc = Location::Sqlite(dir.path().join("state.db"));
+    let db = StateDb::open(&loc).await.unwrap();
+    db.close().await;
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
+            .await
+            .unwrap();
+        sqlx::query("INSERT INTO hubee_sync_schema (version) VALUES (999)").execute(&mut c).await.unwrap();
+    }
+    match StateDb::open(&loc).await {
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains("999") && msg.contains("upgrade hubee-sync"), "{msg}");
+        }
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}
