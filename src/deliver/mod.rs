@@ -4,3 +4,9 @@
 //! atomic rename that never replaces anything.
 
 pub mod names;
+pub mod spool;
+
+pub use spool::{
+    EntryLocation, FileWriter, Manifest, ManifestAttachment, PendingEntry, PublishOutcome, Spool,
+    SpoolError, WrittenFile,
+};
