@@ -218,7 +218,7 @@ fn is_allowed_punctuation(c: char) -> bool {
 /// Without leading spaces, trailing spaces or trailing dots (Windows drops those).
 fn trim_ends(s: &str) -> &str {
     s.trim_start_matches(' ')
-        .trim_end_matches(|c| c == ' ' || c == '.')
+        .trim_end_matches([' ', '.'])
 }
 
 /// Splits "acte.pdf" into ("acte", ".pdf"). An extension is kept only when it is short and
@@ -239,7 +239,7 @@ fn cut_stem(stem: &str, max: usize) -> String {
     while !stem.is_char_boundary(cut) {
         cut -= 1;
     }
-    let cut = stem[..cut].trim_end_matches(|c| c == ' ' || c == '.');
+    let cut = stem[..cut].trim_end_matches([' ', '.']);
     if cut.is_empty() {
         "_".to_string()
     } else {

@@ -90,7 +90,11 @@ pub enum SpoolError {
          mode by hand (chmod 2770)",
         path.display()
     )]
-    ModeNotApplied { path: PathBuf, wanted: u32, got: u32 },
+    ModeNotApplied {
+        path: PathBuf,
+        wanted: u32,
+        got: u32,
+    },
     #[error(
         "refusing to write {path:?} under {}: {reason}; this is a bug in hubee-sync, please \
          report it",
@@ -133,7 +137,9 @@ fn advice(err: &io::Error, path: &Path) -> String {
             "check owner, group and mode (2770) of {p} and its parent, and that the service user \
              is in the spool group"
         ),
-        Some(libc::EROFS) => format!("the filesystem holding {p} is read-only: remount it read-write"),
+        Some(libc::EROFS) => {
+            format!("the filesystem holding {p} is read-only: remount it read-write")
+        }
         Some(libc::EIO) => format!("the disk reported an I/O error on {p}: check the system logs"),
         _ => format!("check free space and permissions on {p}"),
     }
@@ -374,7 +380,12 @@ impl Spool {
         };
         for item in listing {
             match item {
-                Ok(item) if item.file_name().as_bytes().starts_with(with_flags.as_bytes()) => {
+                Ok(item)
+                    if item
+                        .file_name()
+                        .as_bytes()
+                        .starts_with(with_flags.as_bytes()) =>
+                {
                     return EntryLocation::Cur(item.path());
                 }
                 Ok(_) => {}
@@ -415,10 +426,7 @@ impl Spool {
                 continue;
             }
             let path = item.path();
-            let is_dir = item
-                .file_type()
-                .map_err(io_err("list", &path))?
-                .is_dir();
+            let is_dir = item.file_type().map_err(io_err("list", &path))?.is_dir();
             if is_dir {
                 fs::remove_dir_all(&path).map_err(io_err("remove", &path))?;
             } else {
@@ -457,7 +465,9 @@ struct Registry {
 
 /// A poisoned lock only means a writer panicked; the registry itself is still consistent.
 fn lock(files: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
-    files.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    files
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl PendingEntry {
@@ -510,7 +520,11 @@ impl PendingEntry {
     }
 
     /// Writes a small whole file (case.json, event.json), fsynced, and records its SHA-256.
-    pub async fn write_small(&self, rel_path: &str, bytes: &[u8]) -> Result<WrittenFile, SpoolError> {
+    pub async fn write_small(
+        &self,
+        rel_path: &str,
+        bytes: &[u8],
+    ) -> Result<WrittenFile, SpoolError> {
         let mut writer = self.create_file(rel_path).await?;
         writer.write(bytes).await?;
         writer.finish().await
@@ -554,7 +568,11 @@ impl PendingEntry {
         writer.write(sums.as_bytes()).await?;
         writer.finish().await?;
 
-        let dirs = [self.dir.join(ATTACHMENTS), self.dir.clone(), self.tmp.clone()];
+        let dirs = [
+            self.dir.join(ATTACHMENTS),
+            self.dir.clone(),
+            self.tmp.clone(),
+        ];
         tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| fsync_dir(d)))
             .await
             .map_err(|e| io_err("fsync", &self.dir)(io::Error::other(e)))??;
@@ -633,7 +651,10 @@ impl FileWriter {
 
     /// Flushes and fsyncs the file, records it in the entry, and says what was written.
     pub async fn finish(mut self) -> Result<WrittenFile, SpoolError> {
-        self.out.flush().await.map_err(io_err("write", &self.path))?;
+        self.out
+            .flush()
+            .await
+            .map_err(io_err("write", &self.path))?;
         self.out
             .get_mut()
             .sync_all()
@@ -741,7 +762,10 @@ fn checked_join(entry: &Path, rel_path: &str) -> Result<PathBuf, SpoolError> {
         return Err(refuse("the path contains NUL, '\\' or a control character"));
     }
     let parts: Vec<&str> = rel_path.split('/').collect();
-    if parts.iter().any(|p| p.is_empty() || *p == "." || *p == "..") {
+    if parts
+        .iter()
+        .any(|p| p.is_empty() || *p == "." || *p == "..")
+    {
         return Err(refuse(
             "the path must be relative, without '.', '..' or empty parts",
         ));
@@ -766,8 +790,7 @@ fn set_dir_mode(dir: &Path, gid: Option<libc::gid_t>) -> Result<(), SpoolError> 
             std::os::unix::fs::chown(dir, None, Some(gid)).map_err(io_err("chown", dir))?;
         }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
-        .map_err(io_err("chmod", dir))?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(io_err("chmod", dir))?;
     let got = fs::metadata(dir).map_err(io_err("read", dir))?.mode() & 0o7777;
     if got != DIR_MODE {
         return Err(SpoolError::ModeNotApplied {
@@ -912,7 +935,10 @@ mod tests {
     /// hostile name, and one small one.
     async fn deliver(spool: &Spool, name: &str, body: &[u8]) -> (PathBuf, PublishOutcome) {
         let mut entry = spool.begin(name).unwrap();
-        entry.write_small("case.json", b"{\"id\":\"c1\"}").await.unwrap();
+        entry
+            .write_small("case.json", b"{\"id\":\"c1\"}")
+            .await
+            .unwrap();
         let path = entry.attachment_path("Acte de naissance n°1 (copie).pdf");
         let mut writer = entry.create_file(&path).await.unwrap();
         for chunk in body.chunks(7) {
@@ -973,7 +999,10 @@ mod tests {
         };
         let (second_tmp, second) = deliver(&spool, "E~c1", b"second!").await;
         assert_eq!(second, PublishOutcome::AlreadyExists(published.clone()));
-        assert!(second_tmp.join("manifest.json").is_file(), "tmp dir left as it was");
+        assert!(
+            second_tmp.join("manifest.json").is_file(),
+            "tmp dir left as it was"
+        );
         let acte = published.join("attachments/Acte de naissance n_1 (copie).pdf");
         assert_eq!(fs::read(&acte).unwrap(), b"first");
 
@@ -1026,7 +1055,10 @@ mod tests {
             "SHA256SUMS",
         ] {
             let err = entry.create_file(bad).await.unwrap_err();
-            assert!(matches!(err, SpoolError::UnsafePath { .. }), "{bad:?}: {err}");
+            assert!(
+                matches!(err, SpoolError::UnsafePath { .. }),
+                "{bad:?}: {err}"
+            );
             assert!(err.to_string().contains("bug in hubee-sync"), "{err}");
         }
         for bad in ["", "..", ".", ".hidden", "a/b", "a:2,S", &"x".repeat(201)] {
@@ -1130,7 +1162,10 @@ mod tests {
         assert_eq!(removed, [stray, crashed.dir().to_path_buf()]);
         assert!(!crashed.dir().exists());
         assert!(live.dir().join("attachments").is_dir());
-        assert_eq!(spool.clean_tmp(&[live.dir().to_path_buf()]).unwrap(), Vec::<PathBuf>::new());
+        assert_eq!(
+            spool.clean_tmp(&[live.dir().to_path_buf()]).unwrap(),
+            Vec::<PathBuf>::new()
+        );
     }
 
     #[tokio::test]
@@ -1159,11 +1194,14 @@ mod tests {
     fn own_group() -> Option<(String, u32)> {
         // SAFETY: getegid cannot fail.
         let gid = unsafe { libc::getegid() };
-        fs::read_to_string("/etc/group").ok()?.lines().find_map(|line| {
-            let mut fields = line.split(':');
-            let name = fields.next()?;
-            (fields.nth(1)?.parse::<u32>().ok()? == gid).then(|| (name.to_string(), gid))
-        })
+        fs::read_to_string("/etc/group")
+            .ok()?
+            .lines()
+            .find_map(|line| {
+                let mut fields = line.split(':');
+                let name = fields.next()?;
+                (fields.nth(1)?.parse::<u32>().ok()? == gid).then(|| (name.to_string(), gid))
+            })
     }
 
     #[test]
@@ -1182,14 +1220,17 @@ mod tests {
 
     #[test]
     fn io_errors_say_what_to_do() {
-        let err = io_err("fsync", Path::new("/var/spool/x"))(io::Error::from_raw_os_error(
-            libc::ENOSPC,
-        ));
+        let err =
+            io_err("fsync", Path::new("/var/spool/x"))(io::Error::from_raw_os_error(libc::ENOSPC));
         let text = err.to_string();
         assert!(text.starts_with("cannot fsync /var/spool/x: "), "{text}");
-        assert!(text.ends_with("free space (or raise the quota) on the filesystem holding /var/spool/x"));
-        let err = io_err("rename", Path::new("/s/tmp/e"))(io::Error::from_raw_os_error(libc::EXDEV));
-        assert!(err.to_string().ends_with("check free space and permissions on /s/tmp/e"));
+        assert!(text
+            .ends_with("free space (or raise the quota) on the filesystem holding /var/spool/x"));
+        let err =
+            io_err("rename", Path::new("/s/tmp/e"))(io::Error::from_raw_os_error(libc::EXDEV));
+        assert!(err
+            .to_string()
+            .ends_with("check free space and permissions on /s/tmp/e"));
     }
 
     /// Every directory under `root` is 2770 and every file 0640.
@@ -1243,7 +1284,10 @@ mod tests {
                 .unwrap();
             let stdout = String::from_utf8_lossy(&out.stdout);
             assert!(out.status.success(), "umask {mask}: {stdout}");
-            assert!(stdout.contains("1 passed"), "the child ran the test: {stdout}");
+            assert!(
+                stdout.contains("1 passed"),
+                "the child ran the test: {stdout}"
+            );
         }
     }
 }
