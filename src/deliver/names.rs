@@ -160,7 +160,8 @@ impl FileNamer {
 pub fn safe_file_name(hub_name: &str) -> String {
     let mut name = String::with_capacity(hub_name.len());
     for c in hub_name.chars() {
-        let c = if c.is_alphanumeric() || is_allowed_punctuation(c) {
+        // Combining accents (U+0300..U+036F) keep names from macOS (NFD) readable.
+        let c = if c.is_alphanumeric() || is_allowed_punctuation(c) || is_combining_accent(c) {
             c
         } else {
             '_'
@@ -215,10 +216,13 @@ fn is_allowed_punctuation(c: char) -> bool {
     )
 }
 
+fn is_combining_accent(c: char) -> bool {
+    ('\u{300}'..='\u{36f}').contains(&c)
+}
+
 /// Without leading spaces, trailing spaces or trailing dots (Windows drops those).
 fn trim_ends(s: &str) -> &str {
-    s.trim_start_matches(' ')
-        .trim_end_matches([' ', '.'])
+    s.trim_start_matches(' ').trim_end_matches([' ', '.'])
 }
 
 /// Splits "acte.pdf" into ("acte", ".pdf"). An extension is kept only when it is short and

@@ -781,23 +781,29 @@ fn checked_join(entry: &Path, rel_path: &str) -> Result<PathBuf, SpoolError> {
 }
 
 /// Gives a spool directory the spool group and mode 2770, explicitly (the umask must not
-/// matter), and checks the setgid bit stuck.
+/// matter), and checks the setgid bit stuck. A directory already right is left alone, so a
+/// spool prepared by the package (tmpfiles.d) need not belong to the service user.
 fn set_dir_mode(dir: &Path, gid: Option<libc::gid_t>) -> Result<(), SpoolError> {
     let meta = fs::metadata(dir).map_err(io_err("read", dir))?;
+    let mut chowned = false;
     if let Some(gid) = gid {
         if meta.gid() != gid {
             // chown before chmod: changing the group may clear the setgid bit.
             std::os::unix::fs::chown(dir, None, Some(gid)).map_err(io_err("chown", dir))?;
+            chowned = true;
         }
     }
-    fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE)).map_err(io_err("chmod", dir))?;
-    let got = fs::metadata(dir).map_err(io_err("read", dir))?.mode() & 0o7777;
-    if got != DIR_MODE {
-        return Err(SpoolError::ModeNotApplied {
-            path: dir.to_path_buf(),
-            wanted: DIR_MODE,
-            got,
-        });
+    if chowned || meta.mode() & 0o7777 != DIR_MODE {
+        fs::set_permissions(dir, fs::Permissions::from_mode(DIR_MODE))
+            .map_err(io_err("chmod", dir))?;
+        let got = fs::metadata(dir).map_err(io_err("read", dir))?.mode() & 0o7777;
+        if got != DIR_MODE {
+            return Err(SpoolError::ModeNotApplied {
+                path: dir.to_path_buf(),
+                wanted: DIR_MODE,
+                got,
+            });
+        }
     }
     Ok(())
 }
@@ -987,6 +993,52 @@ mod tests {
         assert_eq!(read.attachments[0].size, 1000);
         // Nothing left behind in tmp/.
         assert_eq!(fs::read_dir(spool.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn hostile_attachment_names_land_inside_attachments() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::open(root.path(), None).unwrap();
+        let mut entry = spool.begin("E~c12").unwrap();
+        let long = "x".repeat(300);
+        let hostile = [
+            "../../etc/passwd",
+            "/abs",
+            "a/b",
+            "..",
+            ".",
+            "\\..\\x",
+            "a\u{1}b\n",
+            long.as_str(),
+            "",
+            "CON",
+            "nul.txt",
+            "trailing. ",
+            "<>:\"|?*",
+            "acte.pdf",
+            "ACTE.pdf",
+        ];
+        for name in hostile {
+            let path = entry.attachment_path(name);
+            entry.write_small(&path, name.as_bytes()).await.unwrap();
+        }
+        let sealed = entry.seal(&manifest(vec![])).await.unwrap();
+        let written = fs::read_dir(sealed.join("attachments")).unwrap().count();
+        assert_eq!(written, hostile.len(), "one distinct file per attachment");
+        let top: BTreeSet<_> = fs::read_dir(&sealed)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            top,
+            BTreeSet::from(["SHA256SUMS", "attachments", "manifest.json"].map(String::from))
+        );
+        let check = std::process::Command::new("sha256sum")
+            .args(["-c", "--strict", "--quiet", "SHA256SUMS"])
+            .current_dir(&sealed)
+            .output()
+            .unwrap();
+        assert!(check.status.success(), "{check:?}");
     }
 
     #[tokio::test]
