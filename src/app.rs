@@ -53,7 +53,10 @@ pub fn holder_description(command: &str) -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "localhost".into());
-    format!("pid {} on {host} (hubee-sync {command})", std::process::id())
+    format!(
+        "pid {} on {host} (hubee-sync {command})",
+        std::process::id()
+    )
 }
 
 /// Builds what a cycle needs. Errors name the subscription and what to do.
@@ -120,7 +123,10 @@ pub fn validate(path: &std::path::Path) -> ExitCode {
 pub fn load_or_report(path: &std::path::Path) -> Result<Settings, ExitCode> {
     crate::config::load(path).map_err(|errors| {
         eprintln!("{errors}");
-        eprintln!("{}: invalid configuration; run `hubee-sync validate` after fixing it", path.display());
+        eprintln!(
+            "{}: invalid configuration; run `hubee-sync validate` after fixing it",
+            path.display()
+        );
         ExitCode::from(EXIT_CONFIG)
     })
 }
@@ -148,7 +154,10 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
         .filter(|s| only.is_empty() || only.contains(&s.name))
         .collect();
     if chosen.is_empty() {
-        println!("no subscription configured in {}; nothing to do", settings.source.display());
+        println!(
+            "no subscription configured in {}; nothing to do",
+            settings.source.display()
+        );
         return ExitCode::from(EXIT_OK);
     }
     let state = match StateDb::open(&state_location(&settings)).await {
@@ -229,7 +238,11 @@ pub async fn status(settings: Settings, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let names: Vec<String> = settings.subscriptions.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = settings
+        .subscriptions
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
     let rows = match state.status(&names).await {
         Ok(r) => r,
         Err(e) => {

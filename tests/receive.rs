@@ -3,7 +3,7 @@
 mod common;
 
 use common::{sha256sum_check, World, CLIENT};
-use fake_hubee::{Fault, Route};
+use fake_hubee::{AttachmentSpec, CaseSpec, Content, Fault, Route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn once_delivers_ten_cases_verified_and_acknowledged_then_changes_nothing() {
@@ -49,9 +49,14 @@ async fn once_delivers_ten_cases_verified_and_acknowledged_then_changes_nothing(
     }
     let after: Vec<_> = w.hub.requests().into_iter().skip(before).collect();
     assert!(
-        after.iter().all(|r| matches!(r.route, Some(Route::Token) | Some(Route::ListNotifications))),
+        after
+            .iter()
+            .all(|r| matches!(r.route, Some(Route::Token) | Some(Route::ListNotifications))),
         "a second once only polls: {:?}",
-        after.iter().map(|r| (&r.method, &r.path)).collect::<Vec<_>>()
+        after
+            .iter()
+            .map(|r| (&r.method, &r.path))
+            .collect::<Vec<_>>()
     );
 }
 
@@ -60,7 +65,11 @@ async fn truncated_download_is_never_published() {
     let w = World::new().await;
     let case = w.add_case(1, 1, 200_000);
     // Every attempt (download_attempts = 3, each with its own HTTP retries) breaks off.
-    w.hub.inject(Route::GetAttachment, Fault::TruncateBody { after_bytes: 1000 }, 100);
+    w.hub.inject(
+        Route::GetAttachment,
+        Fault::TruncateBody { after_bytes: 1000 },
+        100,
+    );
     let (code, out, _) = w.run(&["once"]).await;
     assert_eq!(code, 1, "a failed case makes once exit 1: {out}");
     assert!(w.entries("new").is_empty(), "nothing published");
@@ -90,7 +99,10 @@ async fn wrong_digest_is_never_published_and_retried_until_it_matches() {
     assert_eq!(entries.len(), 1);
     assert!(sha256sum_check(&w.spool().join("new").join(&entries[0])));
     assert_eq!(w.receipt_events(&case).len(), 1);
-    assert!(err.contains("does not match"), "the mismatch is logged: {err}");
+    assert!(
+        err.contains("does not match"),
+        "the mismatch is logged: {err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -98,7 +110,8 @@ async fn lost_delete_response_does_not_duplicate_entry_or_event() {
     let w = World::new().await;
     let case = w.add_case(1, 1, 1000);
     // The hub deletes, the answer is lost, every retry too (retry_attempts = 3).
-    w.hub.inject(Route::DeleteNotification, Fault::ResetAfterEffect, 3);
+    w.hub
+        .inject(Route::DeleteNotification, Fault::ResetAfterEffect, 3);
     let (code, _, _) = w.run(&["once"]).await;
     // The first DELETE took effect; its retries found nothing (404 = done) or were lost too.
     let _ = code;
@@ -124,7 +137,10 @@ async fn lost_patch_response_does_not_duplicate_entry_or_event() {
     assert_eq!(w.entries("new").len(), 1);
     let receipts = w.receipt_events(&case);
     assert_eq!(receipts.len(), 1);
-    assert_eq!(receipts[0]["caseCurrentStatus"], "HUBEE_NOTIFIED", "where it really started");
+    assert_eq!(
+        receipts[0]["caseCurrentStatus"], "HUBEE_NOTIFIED",
+        "where it really started"
+    );
     assert_eq!(w.hub.case_status(&case).as_deref(), Some("IN_PROGRESS"));
     assert!(w.hub.notifications(CLIENT).is_empty());
 }
@@ -135,9 +151,16 @@ async fn lost_event_post_response_does_not_post_twice() {
     let case = w.add_case(1, 1, 1000);
     w.hub.inject(Route::PostEvent, Fault::ResetAfterEffect, 1);
     let (code, out, err) = w.run(&["once"]).await;
-    assert_eq!(code, 0, "the lost answer is resolved by looking: {out}{err}");
+    assert_eq!(
+        code, 0,
+        "the lost answer is resolved by looking: {out}{err}"
+    );
     assert_eq!(w.receipt_events(&case).len(), 1);
-    assert_eq!(w.hub.request_count(Route::PostEvent), 1, "never posted blindly again");
+    assert_eq!(
+        w.hub.request_count(Route::PostEvent),
+        1,
+        "never posted blindly again"
+    );
     assert!(w.hub.notifications(CLIENT).is_empty());
 }
 
@@ -147,7 +170,7 @@ async fn lost_event_post_across_runs_does_not_post_twice() {
     let case = w.add_case(1, 1, 1000);
     // The event is created, its answer lost, and the look-up fails too: the run gives up.
     w.hub.inject(Route::PostEvent, Fault::ResetAfterEffect, 1);
-    w.hub.inject(Route::GetCase, Fault::Status(503), 0);
+    w.hub.inject(Route::GetCase, Fault::Status(503), 100);
     let (_code, _, _) = w.run(&["once"]).await;
     w.hub.clear_faults();
     let (code, out, err) = w.run(&["once"]).await;
@@ -163,7 +186,11 @@ async fn expired_token_is_renewed_once_and_call_replayed() {
     w.hub.inject(Route::GetCase, Fault::KillToken, 1);
     let (code, out, err) = w.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(w.hub.request_count(Route::Token), 2, "one token, one renewal");
+    assert_eq!(
+        w.hub.request_count(Route::Token),
+        2,
+        "one token, one renewal"
+    );
     assert_eq!(w.entries("new").len(), 1);
 }
 
@@ -176,7 +203,10 @@ async fn refused_secret_fails_with_what_to_do_and_never_shows_the_secret() {
     assert_eq!(code, 1);
     let all = format!("{out}{err}");
     assert!(all.contains("refused client_id certdc-client"), "{all}");
-    assert!(all.contains("regenerate the secret in the HubEE portal"), "{all}");
+    assert!(
+        all.contains("regenerate the secret in the HubEE portal"),
+        "{all}"
+    );
     assert!(!all.contains("wrong-secret") && !all.contains(common::SECRET));
     assert_eq!(w.hub.request_count(Route::ListNotifications), 0);
 }
@@ -184,31 +214,48 @@ async fn refused_secret_fails_with_what_to_do_and_never_shows_the_secret() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_failing_case_does_not_stop_the_others() {
     let w = World::new().await;
-    let bad = w.add_case(0, 1, 5000);
+    // The bad case's metadata lies about its file's size: every download fails verification.
+    let mut lying = AttachmentSpec::new(
+        "acte.pdf",
+        "DD_Certificatdedeces",
+        "application/pdf",
+        Content::Bytes(vec![1; 5000]),
+    );
+    lying.declared_size = Some(4000);
+    let mut spec = CaseSpec::new("CERTDC");
+    spec.external_id = Some("DGS-CERTDC-BAD-01".into());
+    spec.attachments = vec![lying];
+    let bad = w.hub.add_case(CLIENT, spec);
     let good: Vec<String> = (1..6).map(|n| w.add_case(n, 1, 5000)).collect();
-    // The bad case's file is always cut short; the others' files are fine.
-    let bad_attachment = w.hub.case_json(&bad).unwrap()["attachments"][0]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
-    w.hub.inject_path_fault(&bad_attachment, Fault::TruncateBody { after_bytes: 10 });
     let (code, out, _) = w.run(&["once"]).await;
     assert_eq!(code, 1, "{out}");
     assert_eq!(w.entries("new").len(), 5);
     for c in &good {
         assert_eq!(w.receipt_events(c).len(), 1);
     }
-    assert_eq!(w.hub.notifications(CLIENT).len(), 1, "only the failing case stays");
-    assert!(out.contains("DGS-CERTDC") || out.contains(&bad), "the report names the case: {out}");
+    assert_eq!(
+        w.hub.notifications(CLIENT).len(),
+        1,
+        "only the failing case stays"
+    );
+    assert!(out.contains(&bad), "the report names the case: {out}");
+    assert!(w.receipt_events(&bad).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttled_and_failing_hub_is_retried_with_backoff() {
     let w = World::new().await;
     w.add_case(1, 1, 1000);
-    w.hub.inject(Route::ListNotifications, Fault::TooManyRequests { retry_after_secs: 0 }, 1);
+    w.hub.inject(
+        Route::ListNotifications,
+        Fault::TooManyRequests {
+            retry_after_secs: 0,
+        },
+        1,
+    );
     w.hub.inject(Route::GetCase, Fault::Status(502), 1);
-    w.hub.inject(Route::GetAttachment, Fault::ResetBeforeEffect, 1);
+    w.hub
+        .inject(Route::GetAttachment, Fault::ResetBeforeEffect, 1);
     let (code, out, err) = w.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(w.entries("new").len(), 1);
@@ -221,7 +268,11 @@ async fn client_errors_are_not_retried() {
     w.hub.inject(Route::GetCase, Fault::Status(403), 1);
     let (code, _, _) = w.run(&["once"]).await;
     assert_eq!(code, 1);
-    assert_eq!(w.hub.request_count(Route::GetCase), 1, "a 403 is final for this run");
+    assert_eq!(
+        w.hub.request_count(Route::GetCase),
+        1,
+        "a 403 is final for this run"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -231,7 +282,10 @@ async fn identifying_headers_are_sent_with_the_editor_name_in_ascii() {
     let (code, _, _) = w.run(&["once"]).await;
     assert_eq!(code, 0);
     let reqs = w.hub.requests();
-    let api: Vec<_> = reqs.iter().filter(|r| r.route != Some(Route::Token)).collect();
+    let api: Vec<_> = reqs
+        .iter()
+        .filter(|r| r.route != Some(Route::Token))
+        .collect();
     assert!(!api.is_empty());
     for r in api {
         let h = |name: &str| {
@@ -242,7 +296,10 @@ async fn identifying_headers_are_sent_with_the_editor_name_in_ascii() {
         };
         assert_eq!(h("editorName").as_deref(), Some("Commune de Saint-Etienne"));
         assert_eq!(h("applicationName").as_deref(), Some("hubee-sync"));
-        assert_eq!(h("softwareVersion").as_deref(), Some(env!("CARGO_PKG_VERSION")));
+        assert_eq!(
+            h("softwareVersion").as_deref(),
+            Some(env!("CARGO_PKG_VERSION"))
+        );
     }
 }
 
@@ -255,7 +312,10 @@ async fn more_than_one_batch_is_drained_in_one_run() {
     let (code, out, err) = w.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(w.entries("new").len(), 60);
-    assert!(w.hub.request_count(Route::ListNotifications) >= 3, "batches of 25");
+    assert!(
+        w.hub.request_count(Route::ListNotifications) >= 3,
+        "batches of 25"
+    );
     assert!(w.hub.notifications(CLIENT).is_empty());
 }
 

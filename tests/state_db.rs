@@ -2,7 +2,7 @@
 
 mod common;
 
-use hubee_sync::state::{DeliveryKey, DeliveryRow, LockError, Location, Stage, StateDb};
+use hubee_sync::state::{DeliveryKey, DeliveryRow, Location, LockError, Stage, StateDb};
 
 fn row(sub: &str, case: &str) -> DeliveryRow {
     DeliveryRow {
@@ -32,7 +32,9 @@ async fn delivery_progress_is_recorded_step_by_step(db: &StateDb) {
     assert_eq!(db.intents("certdc").await.unwrap().len(), 1);
     db.advance(&r.key, Stage::Published).await.unwrap();
     assert!(db.intents("certdc").await.unwrap().is_empty());
-    db.record_receipt_start(&r.key, "HUBEE_NOTIFIED", "IN_PROGRESS").await.unwrap();
+    db.record_receipt_start(&r.key, "HUBEE_NOTIFIED", "IN_PROGRESS")
+        .await
+        .unwrap();
     let got = db.delivery(&r.key).await.unwrap().unwrap();
     assert_eq!(got.stage, Stage::ReceiptStarted);
     assert_eq!(got.receipt_from.as_deref(), Some("HUBEE_NOTIFIED"));
@@ -49,11 +51,19 @@ async fn delivery_progress_is_recorded_step_by_step(db: &StateDb) {
     assert_eq!(b, a + 1);
 
     // Failures count up and clear.
-    let f1 = db.record_failure("certdc", "case-2", Some("case-2"), None, "boom").await.unwrap();
-    let f2 = db.record_failure("certdc", "case-2", Some("case-2"), None, "boom again").await.unwrap();
+    let f1 = db
+        .record_failure("certdc", "case-2", Some("case-2"), None, "boom")
+        .await
+        .unwrap();
+    let f2 = db
+        .record_failure("certdc", "case-2", Some("case-2"), None, "boom again")
+        .await
+        .unwrap();
     assert_eq!((f1.attempts, f2.attempts), (1, 2));
     assert_eq!(f2.last_error, "boom again");
-    db.record_poll("certdc", false, Some("hub down")).await.unwrap();
+    db.record_poll("certdc", false, Some("hub down"))
+        .await
+        .unwrap();
     let st = db.status(&["certdc".to_string()]).await.unwrap();
     assert_eq!(st[0].received, 1);
     assert_eq!(st[0].acknowledged, 1);
@@ -68,8 +78,14 @@ async fn delivery_progress_is_recorded_step_by_step(db: &StateDb) {
 }
 
 async fn second_process_cannot_take_a_held_subscription(db: &StateDb, other: &StateDb) {
-    let held = db.lock_subscription("certdc", "pid 1 on test (hubee-sync run)").await.unwrap();
-    match other.lock_subscription("certdc", "pid 2 on test (hubee-sync once)").await {
+    let held = db
+        .lock_subscription("certdc", "pid 1 on test (hubee-sync run)")
+        .await
+        .unwrap();
+    match other
+        .lock_subscription("certdc", "pid 2 on test (hubee-sync once)")
+        .await
+    {
         Err(LockError::Held { holder, .. }) => {
             assert!(holder.contains("pid 1"), "names who holds it: {holder}")
         }
@@ -91,8 +107,15 @@ async fn sqlite_state_records_delivery_progress_and_locks() {
     let other = StateDb::open(&loc).await.unwrap();
     second_process_cannot_take_a_held_subscription(&db, &other).await;
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(dir.path().join("state/state.db")).unwrap().permissions().mode();
-    assert_eq!(mode & 0o077, 0, "state database readable by others: {mode:o}");
+    let mode = std::fs::metadata(dir.path().join("state/state.db"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o077,
+        0,
+        "state database readable by others: {mode:o}"
+    );
 }
 
 #[tokio::test]
@@ -116,15 +139,24 @@ async fn state_database_newer_than_the_binary_is_refused() {
     db.close().await;
     {
         use sqlx::Connection;
-        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("state.db").display()))
+        let mut c = sqlx::SqliteConnection::connect(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
+        .await
+        .unwrap();
+        sqlx::query("INSERT INTO hubee_sync_schema (version) VALUES (999)")
+            .execute(&mut c)
             .await
             .unwrap();
-        sqlx::query("INSERT INTO hubee_sync_schema (version) VALUES (999)").execute(&mut c).await.unwrap();
     }
     match StateDb::open(&loc).await {
         Err(e) => {
             let msg = e.to_string();
-            assert!(msg.contains("999") && msg.contains("upgrade hubee-sync"), "{msg}");
+            assert!(
+                msg.contains("999") && msg.contains("upgrade hubee-sync"),
+                "{msg}"
+            );
         }
         Ok(_) => panic!("a newer schema was accepted"),
     }

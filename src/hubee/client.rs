@@ -76,7 +76,10 @@ impl HubClient {
             .pool_idle_timeout(Duration::from_secs(50));
         if let Some(proxy) = &cfg.proxy {
             let p = reqwest::Proxy::all(proxy.as_str()).map_err(|e| {
-                HubError::Setup(format!("[hub] proxy {}: {e}; fix the URL", redact_url(proxy)))
+                HubError::Setup(format!(
+                    "[hub] proxy {}: {e}; fix the URL",
+                    redact_url(proxy)
+                ))
             })?;
             builder = builder.proxy(p);
         }
@@ -172,8 +175,11 @@ pub fn parse_digest(value: &str) -> Result<[u8; 32], String> {
         let part = part.trim();
         let b64 = match part.split_once('=') {
             Some((alg, rest)) if alg.eq_ignore_ascii_case("sha-256") => rest,
-            Some((alg, _)) if !alg.is_empty() && !alg.contains(['+', '/']) && alg.len() < 12
-                && part.len() != 44 =>
+            Some((alg, _))
+                if !alg.is_empty()
+                    && !alg.contains(['+', '/'])
+                    && alg.len() < 12
+                    && part.len() != 44 =>
             {
                 continue
             }
@@ -288,10 +294,11 @@ impl HubSession {
                         access_token: Option<String>,
                         expires_in: Option<serde_json::Value>,
                     }
-                    let tb: TokenBody = serde_json::from_slice(&body).map_err(|e| HubError::Decode {
-                        op: op.clone(),
-                        detail: e.to_string(),
-                    })?;
+                    let tb: TokenBody =
+                        serde_json::from_slice(&body).map_err(|e| HubError::Decode {
+                            op: op.clone(),
+                            detail: e.to_string(),
+                        })?;
                     let value = tb.access_token.filter(|t| !t.is_empty()).ok_or_else(|| {
                         HubError::Decode {
                             op: op.clone(),
@@ -533,13 +540,10 @@ impl HubSession {
 
     async fn download(&self, path: &str) -> Result<Download, HubError> {
         let resp = self.call(Method::GET, path, &|r| r).await?;
-        let digest = resp
-            .headers()
-            .get("digest")
-            .map(|v| match v.to_str() {
-                Ok(s) => parse_digest(s),
-                Err(_) => Err("digest header is not ASCII".to_string()),
-            });
+        let digest = resp.headers().get("digest").map(|v| match v.to_str() {
+            Ok(s) => parse_digest(s),
+            Err(_) => Err("digest header is not ASCII".to_string()),
+        });
         let content_length = resp.content_length();
         Ok(Download {
             response: resp,
@@ -555,14 +559,16 @@ impl HubSession {
         let path = format!("/cases/{}/events", seg(case_id));
         let resp = self.call(Method::POST, &path, &|r| r.json(event)).await?;
         let op = op("POST", &path);
-        let body = Self::json_body(resp, op.clone()).await.map_err(|e| match e {
-            HubError::Network { op, detail, .. } => HubError::Network {
-                op,
-                detail,
-                maybe_applied: true,
-            },
-            other => other,
-        })?;
+        let body = Self::json_body(resp, op.clone())
+            .await
+            .map_err(|e| match e {
+                HubError::Network { op, detail, .. } => HubError::Network {
+                    op,
+                    detail,
+                    maybe_applied: true,
+                },
+                other => other,
+            })?;
         serde_json::from_slice(&body).map_err(|e| HubError::Decode {
             op,
             detail: e.to_string(),
@@ -692,7 +698,10 @@ mod tests {
         assert_eq!(seg("../../admin"), "%2E%2E%2F%2E%2E%2Fadmin");
         assert_eq!(seg("a?b#c d"), "a%3Fb%23c%20d");
         assert_eq!(seg(".."), "%2E%2E");
-        assert_eq!(seg("3fa85f64-5717-4562-b3fc-2c963f66afa6"), "3fa85f64-5717-4562-b3fc-2c963f66afa6");
+        assert_eq!(
+            seg("3fa85f64-5717-4562-b3fc-2c963f66afa6"),
+            "3fa85f64-5717-4562-b3fc-2c963f66afa6"
+        );
     }
 
     #[test]

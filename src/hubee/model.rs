@@ -173,11 +173,9 @@ impl ErrorBody {
 
     /// True for the WSO2 gateway's token errors (900901 and kin): the token is dead.
     pub fn is_token_error(&self) -> bool {
-        self.errors.iter().any(|e| {
-            e.code
-                .as_deref()
-                .is_some_and(|c| c.starts_with("90090"))
-        })
+        self.errors
+            .iter()
+            .any(|e| e.code.as_deref().is_some_and(|c| c.starts_with("90090")))
     }
 }
 

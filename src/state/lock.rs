@@ -102,15 +102,14 @@ impl SubscriptionLock {
             .and_then(|r| r.try_get::<bool, _>(0))
             .map_err(io)?;
         if !got {
-            let holder: Option<String> = sqlx::query(
-                "SELECT holder FROM subscription_state WHERE subscription = $1",
-            )
-            .bind(subscription)
-            .fetch_optional(pool)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten());
+            let holder: Option<String> =
+                sqlx::query("SELECT holder FROM subscription_state WHERE subscription = $1")
+                    .bind(subscription)
+                    .fetch_optional(pool)
+                    .await
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.try_get::<Option<String>, _>(0).ok().flatten());
             return Err(LockError::Held {
                 subscription: subscription.to_string(),
                 holder: holder.unwrap_or_else(|| "another process".into()),

@@ -219,7 +219,8 @@ impl StateDb {
                 fix: if is_sqlite {
                     "check that the directory exists and is writable by the service user".into()
                 } else {
-                    "check that PostgreSQL is running, the URL, the user's rights and pg_hba.conf".into()
+                    "check that PostgreSQL is running, the URL, the user's rights and pg_hba.conf"
+                        .into()
                 },
             })?;
         if let (Some(dir), Location::Sqlite(path)) = (&lock_dir, location) {
@@ -551,7 +552,9 @@ impl StateDb {
             .await
             .map_err(self.q("counting deliveries"))?;
             let get = |i: usize| -> Result<i64, StateError> {
-                counts.try_get::<i64, _>(i).map_err(self.q("counting deliveries"))
+                counts
+                    .try_get::<i64, _>(i)
+                    .map_err(self.q("counting deliveries"))
             };
             let (received, acknowledged) = (get(0)?, get(1)?);
             let mut st = SubscriptionStatus {

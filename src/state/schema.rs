@@ -88,7 +88,11 @@ pub(super) async fn migrate(db: &StateDb) -> Result<(), StateError> {
     for (i, migration) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let version = i as i64 + 1;
         let mut tx = pool.begin().await.map_err(q("starting a migration"))?;
-        for stmt in migration.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        for stmt in migration
+            .split(';')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+        {
             sqlx::query(stmt)
                 .execute(&mut *tx)
                 .await
@@ -99,7 +103,9 @@ pub(super) async fn migrate(db: &StateDb) -> Result<(), StateError> {
             .execute(&mut *tx)
             .await
             .map_err(q("recording a schema migration"))?;
-        tx.commit().await.map_err(q("committing a schema migration"))?;
+        tx.commit()
+            .await
+            .map_err(q("committing a schema migration"))?;
         tracing::info!(version, "state database migrated");
     }
     Ok(())

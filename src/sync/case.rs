@@ -5,9 +5,7 @@
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 
-use crate::deliver::{
-    names, EntryLocation, Manifest, ManifestAttachment, PendingEntry, PublishOutcome,
-};
+use crate::deliver::{names, EntryLocation, Manifest, ManifestAttachment, PendingEntry};
 use crate::hubee::model::{Case, NewEvent};
 use crate::hubee::status::{receipt_plan, CaseStatus, ReceiptPlan};
 use crate::hubee::HubError;
@@ -53,9 +51,11 @@ pub async fn handle_new_case(
             // A crash around the rename: finish or confirm that publication first.
             super::cycle::recover_intent(ctx, r).await?;
         } else {
-            let (case, raw) = ctx.session.get_case(case_id).await.map_err(|e| {
-                ItemError::hub(e, "fetching the case")
-            })?;
+            let (case, raw) = ctx
+                .session
+                .get_case(case_id)
+                .await
+                .map_err(|e| ItemError::hub(e, "fetching the case"))?;
             match publish_case(ctx, notification_id, case_id, &key, &case, &raw).await? {
                 Some(()) => {
                     outcome = CaseOutcome::Delivered;
@@ -109,7 +109,15 @@ async fn publish_case(
     if !matches!(ctx.spool.find_entry(&entry_name), EntryLocation::Absent) {
         if let Ok(Some(m)) = ctx.spool.read_manifest(&entry_name) {
             if m.case_id == case_id && m.event_id.is_none() && m.round == 0 {
-                record_found(ctx, key, notification_id, &external_id, &entry_name, m.sequence).await?;
+                record_found(
+                    ctx,
+                    key,
+                    notification_id,
+                    &external_id,
+                    &entry_name,
+                    m.sequence,
+                )
+                .await?;
                 return Ok(Some(()));
             }
         }
@@ -315,7 +323,9 @@ async fn receipt(
     }
     let current_s = case.status.clone().unwrap_or_default();
     let current: CaseStatus = current_s.parse().map_err(|_| {
-        ItemError::Refused(format!("the hub reports an unknown case status {current_s:?}"))
+        ItemError::Refused(format!(
+            "the hub reports an unknown case status {current_s:?}"
+        ))
     })?;
     let target = ctx.receipt_status;
     let from = match (&row.receipt_from, row.stage >= Stage::ReceiptStarted) {
@@ -361,11 +371,9 @@ async fn receipt(
         }
         Err(e) if e.maybe_applied() => {
             // The answer was lost: look before posting again (PROTOCOL §9).
-            let (case, _) = ctx
-                .session
-                .get_case(&key.case_id)
-                .await
-                .map_err(|e2| ItemError::hub(e2, "looking for a receipt event whose answer was lost"))?;
+            let (case, _) = ctx.session.get_case(&key.case_id).await.map_err(|e2| {
+                ItemError::hub(e2, "looking for a receipt event whose answer was lost")
+            })?;
             match find_marked_event(&case, &marker) {
                 Some(id) => {
                     ctx.state.record_receipt_done(key, id.as_deref()).await?;

@@ -144,7 +144,11 @@ pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
 
 async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result<(), String> {
     // 1. Finish publications a crash interrupted, then clear tmp/ of leftovers.
-    let intents = ctx.state.intents(&ctx.name).await.map_err(|e| e.to_string())?;
+    let intents = ctx
+        .state
+        .intents(&ctx.name)
+        .await
+        .map_err(|e| e.to_string())?;
     for row in &intents {
         recover_intent(ctx, row).await.map_err(|e| e.to_string())?;
     }
@@ -158,7 +162,10 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
     }
 
     // 2. Credentials first: a refused secret is one clear error, not one per case.
-    ctx.session.authenticate().await.map_err(|e| e.to_string())?;
+    ctx.session
+        .authenticate()
+        .await
+        .map_err(|e| e.to_string())?;
 
     // 3. Batches until a short one (PROTOCOL §8.1).
     let mut failed_ids: HashSet<String> = HashSet::new();
@@ -224,7 +231,13 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                         "télédossier not delivered this cycle; it will be retried");
                     if let Err(se) = ctx
                         .state
-                        .record_failure(&ctx.name, case_id.as_deref().unwrap_or(&nid), case_id.as_deref(), None, &msg)
+                        .record_failure(
+                            &ctx.name,
+                            case_id.as_deref().unwrap_or(&nid),
+                            case_id.as_deref(),
+                            None,
+                            &msg,
+                        )
                         .await
                     {
                         tracing::error!(subscription = %ctx.name, error = %se, "cannot record a failure");
@@ -272,7 +285,11 @@ pub async fn publish_recorded(
     row: &DeliveryRow,
     tmp: &Path,
 ) -> Result<(), ItemError> {
-    match ctx.spool.publish(tmp, &row.entry_name).map_err(ItemError::spool)? {
+    match ctx
+        .spool
+        .publish(tmp, &row.entry_name)
+        .map_err(ItemError::spool)?
+    {
         PublishOutcome::Published(path) => {
             ctx.state.advance(&row.key, Stage::Published).await?;
             tracing::info!(

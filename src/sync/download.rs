@@ -92,10 +92,16 @@ async fn fetch_once(
 ) -> Result<WrittenFile, DownloadError> {
     let aid = file.attachment_id.to_string();
     let mut dl: Download = match file.event_id {
-        None => session.download_case_attachment(file.case_id, file.attachment_id).await?,
-        Some(e) => session
-            .download_event_attachment(file.case_id, e, file.attachment_id)
-            .await?,
+        None => {
+            session
+                .download_case_attachment(file.case_id, file.attachment_id)
+                .await?
+        }
+        Some(e) => {
+            session
+                .download_event_attachment(file.case_id, e, file.attachment_id)
+                .await?
+        }
     };
     let expected_digest = match dl.digest.take() {
         None => None,
@@ -114,7 +120,11 @@ async fn fetch_once(
                 attachment_id: aid,
                 expected: file.expected_size,
                 got: len,
-                more: if len > file.expected_size { "more" } else { "fewer" },
+                more: if len > file.expected_size {
+                    "more"
+                } else {
+                    "fewer"
+                },
             });
         }
     }

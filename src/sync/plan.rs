@@ -27,8 +27,16 @@ pub struct Planned {
 /// deleted, so it can only be reported.
 pub fn decide(n: &Notification) -> Option<Planned> {
     let id = n.id.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
-    let case_id = n.case_id.as_deref().map(str::trim).filter(|s| !s.is_empty());
-    let event_id = n.event_id.as_deref().map(str::trim).filter(|s| !s.is_empty());
+    let case_id = n
+        .case_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
+    let event_id = n
+        .event_id
+        .as_deref()
+        .map(str::trim)
+        .filter(|s| !s.is_empty());
     let action = match (case_id, event_id) {
         (None, _) => Action::Invalid {
             reason: "the notification names no case (caseId is empty)".into(),
@@ -67,7 +75,10 @@ pub fn order(batch: Vec<Planned>) -> Vec<Planned> {
     }
     batch.sort_by_key(|p| {
         let c = p.notification.case_id.clone().unwrap_or_default();
-        let case_rank = case_order.iter().position(|x| *x == c).unwrap_or(usize::MAX);
+        let case_rank = case_order
+            .iter()
+            .position(|x| *x == c)
+            .unwrap_or(usize::MAX);
         let kind_rank = match p.action {
             Action::NewCase { .. } => 0,
             _ => 1,
@@ -88,7 +99,13 @@ pub fn order(batch: Vec<Planned>) -> Vec<Planned> {
 mod tests {
     use super::*;
 
-    fn n(id: &str, case: &str, event: Option<&str>, status: Option<&str>, at: &str) -> Notification {
+    fn n(
+        id: &str,
+        case: &str,
+        event: Option<&str>,
+        status: Option<&str>,
+        at: &str,
+    ) -> Notification {
         Notification {
             id: Some(id.into()),
             process_code: Some("CERTDC".into()),
@@ -102,20 +119,36 @@ mod tests {
 
     #[test]
     fn new_case_comes_before_its_events_and_events_by_time() {
-        let batch = vec![
+        let batch = [
             n("3", "A", Some("e2"), Some("SENT"), "2024-01-01T10:00:02Z"),
             n("1", "B", None, None, "2024-01-01T09:00:00Z"),
-            n("2", "A", Some("e1"), Some("SENT"), "2024-01-01T10:00:01+00:00"),
+            n(
+                "2",
+                "A",
+                Some("e1"),
+                Some("SENT"),
+                "2024-01-01T10:00:01+00:00",
+            ),
             n("4", "A", None, None, "2024-01-01T11:00:00.5Z"),
         ];
         let planned: Vec<_> = batch.iter().filter_map(decide).collect();
-        let ids: Vec<_> = order(planned).into_iter().map(|p| p.notification_id).collect();
+        let ids: Vec<_> = order(planned)
+            .into_iter()
+            .map(|p| p.notification_id)
+            .collect();
         assert_eq!(ids, vec!["4", "2", "3", "1"]);
     }
 
     #[test]
     fn acknowledgement_of_our_event_is_delete_only() {
-        let p = decide(&n("1", "A", Some("e"), Some("RECEIVED"), "2024-01-01T00:00:00Z")).unwrap();
+        let p = decide(&n(
+            "1",
+            "A",
+            Some("e"),
+            Some("RECEIVED"),
+            "2024-01-01T00:00:00Z",
+        ))
+        .unwrap();
         assert_eq!(p.action, Action::DeleteOnly);
     }
 
@@ -135,7 +168,7 @@ mod tests {
 
     #[test]
     fn duplicate_notifications_are_handled_once() {
-        let batch = vec![
+        let batch = [
             n("1", "A", None, None, "2024-01-01T00:00:00Z"),
             n("1", "A", None, None, "2024-01-01T00:00:00Z"),
         ];
