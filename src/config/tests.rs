@@ -194,6 +194,7 @@ fn api_url_is_stored_without_trailing_slash() {
     );
     let s = f.load(&path).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(s.hub.api_url.as_str(), "https://hub.example/api");
+    assert_eq!(s.hub.api_base(), "https://hub.example/api");
 }
 
 #[test]
@@ -378,6 +379,21 @@ fn secret_readable_by_others_is_refused_with_chmod() {
     let errors = f.errors(&path);
     assert_has(&errors, &format!("run `chmod 0640 {}`", secret.display()));
     assert_has(&errors, "is readable by others (mode 0644)");
+}
+
+#[test]
+fn secret_file_unreadable_by_the_service_is_refused() {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("skipped: root reads every file");
+        return;
+    }
+    let f = Fixture::new();
+    let secret = f.write("secret", "s3cr3t-value\n", 0o000);
+    let path = f.config(&subscription("a", &secret));
+    let errors = f.errors(&path);
+    assert_has(&errors, "cannot be read");
+    assert_has(&errors, &format!("chmod 0640 {}", secret.display()));
 }
 
 #[test]
