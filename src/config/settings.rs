@@ -65,7 +65,20 @@ pub struct HubSettings {
     pub download_attempts: u32,
 }
 
+impl Settings {
+    /// The subscription of that name, if any.
+    pub fn subscription(&self, name: &str) -> Option<&Subscription> {
+        self.subscriptions.iter().find(|s| s.name == name)
+    }
+}
+
 impl HubSettings {
+    /// `api_url` as text without a trailing `/` (a URL with an empty path always prints one:
+    /// `https://host/`), ready for `format!("{}/teledossiers/v1/…", hub.api_base())`.
+    pub fn api_base(&self) -> &str {
+        self.api_url.as_str().trim_end_matches('/')
+    }
+
     /// The proxy URL with its password hidden, for logs.
     pub fn proxy_redacted(&self) -> Option<String> {
         self.proxy.as_ref().map(|p| {
