@@ -20,7 +20,7 @@ pub fn closest<'a>(word: &str, known: impl IntoIterator<Item = &'a str>) -> Opti
                 continue;
             }
         };
-        if best.map_or(true, |(b, _)| distance < b) {
+        if best.is_none_or(|(b, _)| distance < b) {
             best = Some((distance, candidate));
         }
     }
