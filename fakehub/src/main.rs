@@ -95,7 +95,7 @@ fn parse_args() -> Result<Args, String> {
 /// Attachment types of the Valise test data for the démarches the demo is likely to use
 /// (PROTOCOL §9 table).
 fn file_kind(process_code: &str, j: u64) -> (String, &'static str, &'static str) {
-    let xml = j % 2 == 0;
+    let xml = j.is_multiple_of(2);
     let (ext, mime) = if xml {
         ("xml", "application/xml")
     } else {

@@ -697,7 +697,8 @@ async fn api(inner: &Inner, ctx: &Ctx, route: Route, ids: &Ids, body: Incoming) 
 async fn api_inner(inner: &Inner, ctx: &Ctx, route: Route, ids: &Ids, body: Incoming) -> Res<Resp> {
     let client = inner.state().authenticate(ctx.bearer())?;
     for name in PARTNER_HEADERS {
-        if let Some(v) = ctx.header(&name.to_ascii_lowercase()) {
+        for v in ctx.headers.get_all(name.to_ascii_lowercase()) {
+            let v = String::from_utf8_lossy(v.as_bytes());
             let n = v.chars().count();
             if n > 50 {
                 return Err(ctx.invalid(
