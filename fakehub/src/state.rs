@@ -647,6 +647,7 @@ impl State {
                     "clientId": c.client_id,
                     "status": c.status,
                     "statusPatches": c.patches,
+                    "attachments": c.attachments.iter().map(Att::json).collect::<Vec<_>>(),
                     "events": self.events_of(&c.id),
                     "oslNotifications": self.osl_notifications_of(&c.id),
                     "uploads": self.uploads_json(c),
