@@ -820,6 +820,19 @@ impl State {
         }
     }
 
+    /// The client id when there is exactly one (the binary's case).
+    pub fn only_client(&self) -> Option<String> {
+        let mut ids = self.clients.keys();
+        match (ids.next(), ids.next()) {
+            (Some(id), None) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn process_code_of(&self, client_id: &str) -> Option<String> {
+        self.clients.get(client_id).map(|c| c.process_code.clone())
+    }
+
     pub fn client_org(&self, client_id: &str) -> Option<Value> {
         self.clients.get(client_id).map(|c| c.org.json())
     }

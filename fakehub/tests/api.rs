@@ -811,3 +811,66 @@ async fn generated_files_stream_in_parallel_on_a_multi_thread_runtime() {
         assert_eq!(digest, content.digest_b64());
     }
 }
+
+#[tokio::test]
+async fn admin_routes_drive_faults_cases_and_the_osl() {
+    let si = Si::start().await;
+    let http = reqwest::Client::new();
+    let admin = |p: &str| format!("{}/_fake/{p}", si.hub.api_url());
+    let r = http
+        .post(admin("cases"))
+        .json(&json!({"count": 2, "files": 1, "fileSize": 2048, "seed": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let v: Value = r.json().await.unwrap();
+    let ids = v["caseIds"].as_array().unwrap();
+    assert_eq!(ids.len(), 2);
+    let case = ids[0].as_str().unwrap();
+    assert_eq!(
+        si.hub.case_json(case).unwrap()["attachments"][0]["size"],
+        2048
+    );
+
+    let r = http
+        .post(admin("inject"))
+        .json(&json!({"route": "GetCase", "fault": {"Status": 502}, "times": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(si.get_json(&format!("/cases/{case}")).await.0, 502);
+    assert_eq!(si.get_json(&format!("/cases/{case}")).await.0, 200);
+
+    let r = http
+        .post(admin("osl/event"))
+        .json(&json!({"caseId": case, "actionType": "SENDING_MESSAGE", "message": "bonjour"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(si.hub.events(case)[0]["message"], "bonjour");
+    let r = http
+        .post(admin("osl/reopen"))
+        .json(&json!({"caseId": "94b1b09d-b47f-4480-9b48-93b8b36108f2"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = http
+        .post(admin("inject"))
+        .json(&json!({"route": "Nope", "fault": "ResetAfterEffect"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    http.post(admin("expire_tokens")).send().await.unwrap();
+    assert_eq!(si.get_json("/notifications").await.0, 401);
+    // Admin calls are not HubEE requests.
+    assert!(si
+        .hub
+        .requests()
+        .iter()
+        .all(|r| !r.path.starts_with("/_fake")));
+}
