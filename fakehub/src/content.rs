@@ -73,16 +73,23 @@ impl Content {
                 buf[..n].copy_from_slice(&b[start..start + n]);
             }
             Content::Generated { seed, .. } => {
-                let mut pos = offset;
-                let mut out = 0;
-                while out < n {
-                    let w = word(*seed, pos / 8).to_le_bytes();
-                    let within = (pos % 8) as usize;
-                    let take = (8 - within).min(n - out);
-                    buf[out..out + take].copy_from_slice(&w[within..within + take]);
-                    out += take;
-                    pos += take as u64;
+                let buf = &mut buf[..n];
+                // An unaligned head, then whole words (the hot path when streaming), then a tail.
+                let head = ((8 - offset % 8) % 8).min(n as u64) as usize;
+                if head > 0 {
+                    let w = word(*seed, offset / 8).to_le_bytes();
+                    let within = (offset % 8) as usize;
+                    buf[..head].copy_from_slice(&w[within..within + head]);
                 }
+                let mut index = (offset + head as u64) / 8;
+                let mut words = buf[head..].chunks_exact_mut(8);
+                for out in &mut words {
+                    out.copy_from_slice(&word(*seed, index).to_le_bytes());
+                    index += 1;
+                }
+                let tail = words.into_remainder();
+                let len = tail.len();
+                tail.copy_from_slice(&word(*seed, index).to_le_bytes()[..len]);
             }
         }
         n
@@ -161,6 +168,15 @@ mod tests {
         assert_eq!(&part[..], &whole[501..514]);
         let mut tail = vec![0u8; 50];
         assert_eq!(c.read_at(990, &mut tail), 10);
+        assert_eq!(&tail[..10], &whole[990..]);
+        // Every alignment of start and length agrees with the whole.
+        for start in 0..20u64 {
+            for len in 0..20usize {
+                let mut b = vec![0u8; len];
+                let got = c.read_at(start, &mut b);
+                assert_eq!(&b[..got], &whole[start as usize..start as usize + len]);
+            }
+        }
         assert_eq!(c.sha256_hex(), hex(&Sha256::digest(&whole)));
         let other = Content::Generated {
             size: 1000,

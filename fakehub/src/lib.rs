@@ -23,7 +23,8 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The HubEE operations an SI can call (PROTOCOL §4), plus the token endpoint (§2).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Serialized by name (`"GetAttachment"`) for the `/_fake/` admin routes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum Route {
     Token,
     ListNotifications,
@@ -58,7 +59,9 @@ impl Route {
 
 /// A fault injected into one request. Faults that make no sense on a route (a digest fault on
 /// a JSON route) leave the response unchanged; the request still records the fault.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// In JSON (admin routes): `"ResetAfterEffect"`, `{"Status":503}`,
+/// `{"TooManyRequests":{"retry_after_secs":2}}`, `{"TruncateBody":{"after_bytes":100}}`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Fault {
     /// Respond with this status and the HubEE error envelope, without doing anything.
     Status(u16),
@@ -406,6 +409,61 @@ impl FakeHub {
         for (content, cell) in cells {
             server::digest_of(&content, &cell).await;
         }
+    }
+
+    /// Adds `count` cases to `client_id`, each with `files` generated attachments of
+    /// `file_size` bytes (types and MIME types of the Valise test data for CERTDC and
+    /// EtatCivil, §9), contents derived from `seed`. Returns the case ids. Used by the binary
+    /// and by `POST /_fake/cases`.
+    ///
+    /// # Panics
+    /// If `client_id` was not added.
+    pub fn add_generated_cases(
+        &self,
+        client_id: &str,
+        count: u64,
+        files: u64,
+        file_size: u64,
+        seed: u64,
+    ) -> Vec<String> {
+        let Some(process_code) = self.inner.state().process_code_of(client_id) else {
+            panic!("fake-hubee: add_generated_cases for unknown client {client_id:?}");
+        };
+        let mut ids = Vec::new();
+        for i in 0..count {
+            let mut spec = CaseSpec::new(&process_code);
+            for j in 0..files {
+                let xml = j.is_multiple_of(2);
+                let (ext, mime) = if xml {
+                    ("xml", "application/xml")
+                } else {
+                    ("pdf", "application/pdf")
+                };
+                let ty = match (process_code.as_str(), xml) {
+                    ("CERTDC", true) => "DD_Certificatdedeces",
+                    ("CERTDC", false) => "VA_CertificatdeDeces",
+                    ("EtatCivil", true) => "ActeEtatCivil-XML",
+                    ("EtatCivil", false) => "ActeEtatCivil-PDF",
+                    (_, true) => "document-xml",
+                    (_, false) => "document-pdf",
+                };
+                let content = Content::Generated {
+                    size: file_size,
+                    seed: seed
+                        .wrapping_mul(1_000_003)
+                        .wrapping_add(i.wrapping_mul(1000))
+                        .wrapping_add(j),
+                };
+                spec.attachments.push(AttachmentSpec::new(
+                    &format!("piece-{j}.{ext}"),
+                    ty,
+                    mime,
+                    content,
+                ));
+            }
+            ids.push(self.add_case(client_id, spec));
+        }
+        ids
     }
 
     /// The admin view served at `GET /_fake/state`.

@@ -8,7 +8,7 @@
 //! Prints `fake-hubee listening api_url=… token_url=…` once ready, then serves until SIGTERM
 //! or SIGINT. `GET /_fake/state` shows cases, remaining notifications and request counts.
 
-use fake_hubee::{AttachmentSpec, CaseSpec, Content, FakeHub};
+use fake_hubee::FakeHub;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -92,26 +92,6 @@ fn parse_args() -> Result<Args, String> {
     Ok(a)
 }
 
-/// Attachment types of the Valise test data for the démarches the demo is likely to use
-/// (PROTOCOL §9 table).
-fn file_kind(process_code: &str, j: u64) -> (String, &'static str, &'static str) {
-    let xml = j % 2 == 0;
-    let (ext, mime) = if xml {
-        ("xml", "application/xml")
-    } else {
-        ("pdf", "application/pdf")
-    };
-    let ty = match (process_code, xml) {
-        ("CERTDC", true) => "DD_Certificatdedeces",
-        ("CERTDC", false) => "VA_CertificatdeDeces",
-        ("EtatCivil", true) => "ActeEtatCivil-XML",
-        ("EtatCivil", false) => "ActeEtatCivil-PDF",
-        (_, true) => "document-xml",
-        (_, false) => "document-pdf",
-    };
-    (format!("piece-{j}.{ext}"), ty, mime)
-}
-
 async fn run(a: Args) -> Result<(), String> {
     let hub = FakeHub::start_on(a.listen)
         .await
@@ -119,19 +99,7 @@ async fn run(a: Args) -> Result<(), String> {
     let seed = a.seed.unwrap_or_else(|| fastrand_seed(&a));
     hub.reseed(seed);
     hub.add_client(&a.client_id, &a.client_secret, &a.process_code);
-    for i in 0..a.cases {
-        let mut spec = CaseSpec::new(&a.process_code);
-        for j in 0..a.files {
-            let (name, ty, mime) = file_kind(&a.process_code, j);
-            let content = Content::Generated {
-                size: a.file_size,
-                seed: seed.wrapping_mul(1_000_003).wrapping_add(i * 1000 + j),
-            };
-            spec.attachments
-                .push(AttachmentSpec::new(&name, ty, mime, content));
-        }
-        hub.add_case(&a.client_id, spec);
-    }
+    hub.add_generated_cases(&a.client_id, a.cases, a.files, a.file_size, seed);
     if !a.lazy_digests {
         // Hash now so that a benchmark does not time the fake's hashing on first download.
         hub.precompute_digests().await;

@@ -498,10 +498,11 @@ async fn handle(
         query: parse_urlencoded(parts.uri.query().unwrap_or("")),
         headers: parts.headers,
     };
-    if let Some(admin) = ctx.path.strip_prefix("/_fake/") {
-        let resp = match (ctx.method.as_str(), admin) {
-            ("GET", "state") => Resp::json(200, &inner.state().admin_json()),
-            _ => Resp::err(ApiErr::new(404, "No such admin route")),
+    if let Some(sub) = ctx.path.strip_prefix("/_fake/") {
+        let sub = sub.to_string();
+        let resp = match admin(&inner, &ctx, &sub, body).await {
+            Ok(r) => r,
+            Err(e) => Resp::err(e),
         };
         return Ok(into_hyper(resp, Delivery::default(), &ctl));
     }
@@ -609,6 +610,106 @@ async fn handle(
     Ok(into_hyper(resp, delivery, &ctl))
 }
 
+/// Admin routes for shell scripts (demo, benchmarks); not part of HubEE and not recorded.
+async fn admin(inner: &Arc<Inner>, ctx: &Ctx, sub: &str, body: Incoming) -> Res<Resp> {
+    let hub = crate::FakeHub {
+        inner: Arc::clone(inner),
+    };
+    if ctx.method == "GET" && sub == "state" {
+        return Ok(Resp::json(200, &hub.state_json()));
+    }
+    if ctx.method != "POST" {
+        return Err(ApiErr::new(404, "No such admin route"));
+    }
+    let raw = read_limited(body, JSON_LIMIT).await?;
+    let v: Value = if raw.is_empty() {
+        json!({})
+    } else {
+        serde_json::from_slice(&raw).map_err(|e| ApiErr::bad(&format!("admin: bad JSON: {e}")))?
+    };
+    fn field<T: serde::de::DeserializeOwned>(v: &Value, name: &str) -> Res<Option<T>> {
+        match v.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(x) => serde_json::from_value(x.clone())
+                .map(Some)
+                .map_err(|e| ApiErr::bad(&format!("admin: bad {name}: {e}"))),
+        }
+    }
+    fn need<T: serde::de::DeserializeOwned>(v: &Value, name: &str) -> Res<T> {
+        field(v, name)?.ok_or_else(|| ApiErr::bad(&format!("admin: {name} is required")))
+    }
+    let case_exists = |id: &str| -> Res<()> {
+        hub.case_status(id)
+            .map(|_| ())
+            .ok_or_else(|| ApiErr::new(404, "Case is not found"))
+    };
+    match sub {
+        // {"route":"GetAttachment","fault":{"Status":503},"times":2}
+        "inject" => hub.inject(
+            need(&v, "route")?,
+            need(&v, "fault")?,
+            field(&v, "times")?.unwrap_or(1),
+        ),
+        // {"routes":["GetAttachment"]|null,"rate":0.1,"kinds":["ResetAfterEffect"],"seed":1}
+        "inject_random" => hub.inject_random(
+            field(&v, "routes")?,
+            need(&v, "rate")?,
+            need(&v, "kinds")?,
+            field(&v, "seed")?.unwrap_or(0),
+        ),
+        "clear_faults" => hub.clear_faults(),
+        "expire_tokens" => hub.expire_all_tokens(),
+        // {"secs":60}
+        "token_lifetime" => hub.set_token_lifetime(need(&v, "secs")?),
+        // {"strict":true}
+        "strict_transitions" => hub.set_strict_transitions(need(&v, "strict")?),
+        // {"seed":7} or {"seed":null}
+        "shuffle" => hub.set_shuffle(field(&v, "seed")?),
+        // {"clientId":"demo","count":5,"files":2,"fileSize":1048576,"seed":1}
+        "cases" => {
+            let client = match field::<String>(&v, "clientId")? {
+                Some(c) => c,
+                None => inner
+                    .state()
+                    .only_client()
+                    .ok_or_else(|| ApiErr::bad("admin: clientId is required"))?,
+            };
+            if inner.state().process_code_of(&client).is_none() {
+                return Err(ApiErr::bad(&format!("admin: unknown client {client}")));
+            }
+            let ids = hub.add_generated_cases(
+                &client,
+                field(&v, "count")?.unwrap_or(1),
+                field(&v, "files")?.unwrap_or(1),
+                field(&v, "fileSize")?.unwrap_or(1024),
+                field(&v, "seed")?.unwrap_or_else(|| fastrand::u64(..)),
+            );
+            return Ok(Resp::json(201, &json!({"caseIds": ids})));
+        }
+        // {"caseId":"…"}
+        "osl/reopen" => {
+            let id: String = need(&v, "caseId")?;
+            case_exists(&id)?;
+            hub.osl_reopen(&id);
+        }
+        // {"caseId":"…","actionType":"SENDING_MESSAGE","message":"…","caseNewStatus":null}
+        "osl/event" => {
+            let id: String = need(&v, "caseId")?;
+            case_exists(&id)?;
+            let ev = crate::OslEvent {
+                action_type: need(&v, "actionType")?,
+                message: field(&v, "message")?,
+                case_new_status: field(&v, "caseNewStatus")?,
+                attachments: Vec::new(),
+            };
+            let eid = hub.osl_post_event(&id, ev);
+            return Ok(Resp::json(201, &json!({"eventId": eid})));
+        }
+        _ => return Err(ApiErr::new(404, "No such admin route")),
+    }
+    Ok(Resp::no_content())
+}
+
 /// Ends the connection with an RST and never answers.
 async fn drop_connection(ctl: &ConnCtl) -> Result<Response<RespBody>, Infallible> {
     ctl.reset_now();
@@ -697,7 +798,8 @@ async fn api(inner: &Inner, ctx: &Ctx, route: Route, ids: &Ids, body: Incoming) 
 async fn api_inner(inner: &Inner, ctx: &Ctx, route: Route, ids: &Ids, body: Incoming) -> Res<Resp> {
     let client = inner.state().authenticate(ctx.bearer())?;
     for name in PARTNER_HEADERS {
-        if let Some(v) = ctx.header(&name.to_ascii_lowercase()) {
+        for v in ctx.headers.get_all(name.to_ascii_lowercase()) {
+            let v = String::from_utf8_lossy(v.as_bytes());
             let n = v.chars().count();
             if n > 50 {
                 return Err(ctx.invalid(

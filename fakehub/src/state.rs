@@ -647,6 +647,7 @@ impl State {
                     "clientId": c.client_id,
                     "status": c.status,
                     "statusPatches": c.patches,
+                    "attachments": c.attachments.iter().map(Att::json).collect::<Vec<_>>(),
                     "events": self.events_of(&c.id),
                     "oslNotifications": self.osl_notifications_of(&c.id),
                     "uploads": self.uploads_json(c),
@@ -817,6 +818,19 @@ impl State {
         for t in self.tokens.values_mut() {
             t.dead = true;
         }
+    }
+
+    /// The client id when there is exactly one (the binary's case).
+    pub fn only_client(&self) -> Option<String> {
+        let mut ids = self.clients.keys();
+        match (ids.next(), ids.next()) {
+            (Some(id), None) => Some(id.clone()),
+            _ => None,
+        }
+    }
+
+    pub fn process_code_of(&self, client_id: &str) -> Option<String> {
+        self.clients.get(client_id).map(|c| c.process_code.clone())
     }
 
     pub fn client_org(&self, client_id: &str) -> Option<Value> {
