@@ -11,7 +11,7 @@ use crate::config::{Delivery, Schedule, Settings, StateUrl, Subscription};
 use crate::deliver::Spool;
 use crate::hubee::{HubClient, HubConfig, RetryPolicy};
 use crate::state::{Location, StateDb};
-use crate::sync::{run_cycle, CycleReport, SubscriptionCtx};
+use crate::sync::{run_cycle, CycleReport, Shutdown, SubscriptionCtx};
 
 /// Exit codes (CONTRACT, "Exit codes and errors").
 pub const EXIT_OK: u8 = 0;
@@ -65,6 +65,7 @@ pub fn subscription_ctx(
     sub: &Subscription,
     client: &HubClient,
     state: &StateDb,
+    shutdown: Shutdown,
 ) -> Result<SubscriptionCtx, String> {
     let secret = sub
         .secret
@@ -91,6 +92,7 @@ pub fn subscription_ctx(
         download_attempts: settings.hub.download_attempts,
         retry_base_delay: settings.hub.retry_base_delay,
         author: settings.hub.editor_name.clone(),
+        shutdown,
     })
 }
 
@@ -178,7 +180,7 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
     let mut all_ok = true;
     let mut ctxs = Vec::new();
     for sub in chosen {
-        match subscription_ctx(&settings, sub, &client, &state) {
+        match subscription_ctx(&settings, sub, &client, &state, Shutdown::never()) {
             Ok(c) => ctxs.push(c),
             Err(e) => {
                 tracing::error!(subscription = %sub.name, error = %e, "subscription cannot run");

@@ -269,6 +269,7 @@ async fn fill_entry(
                 &f,
                 ctx.download_attempts,
                 ctx.retry_base_delay,
+                &ctx.shutdown,
             )
             .await?;
             Ok::<_, ItemError>((idx, w))

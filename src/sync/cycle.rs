@@ -29,6 +29,50 @@ pub struct SubscriptionCtx {
     pub retry_base_delay: Duration,
     /// `author` of our events: the editor name.
     pub author: String,
+    /// Becomes `true` when the process is asked to stop: downloads in flight are abandoned
+    /// (nothing is published or acknowledged for them), and no new item is started.
+    pub shutdown: Shutdown,
+}
+
+/// A stop signal shared by every cycle of a process.
+#[derive(Clone, Debug)]
+pub struct Shutdown(
+    tokio::sync::watch::Receiver<bool>,
+    /// For [`Shutdown::never`]: keeps the channel open so that it never reports a stop.
+    #[allow(dead_code)]
+    Option<std::sync::Arc<tokio::sync::watch::Sender<bool>>>,
+);
+
+impl Shutdown {
+    /// A signal and the sender that triggers it.
+    pub fn new() -> (tokio::sync::watch::Sender<bool>, Shutdown) {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        (tx, Shutdown(rx, None))
+    }
+
+    /// A signal that never fires (for `once`, `redeliver`, tests).
+    pub fn never() -> Shutdown {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        Shutdown(rx, Some(std::sync::Arc::new(tx)))
+    }
+
+    pub fn is_requested(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    /// Resolves when a stop is requested.
+    pub async fn requested(&self) {
+        let mut rx = self.0.clone();
+        loop {
+            if *rx.borrow_and_update() {
+                return;
+            }
+            if rx.changed().await.is_err() {
+                // Sender gone without a stop: never resolve.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
 }
 
 /// Why one notification could not be handled this cycle.
@@ -56,6 +100,14 @@ pub enum ItemError {
 impl ItemError {
     pub fn spool(e: SpoolError) -> ItemError {
         ItemError::Spool(e)
+    }
+
+    /// The work was abandoned because the process is stopping.
+    pub fn is_cancelled(&self) -> bool {
+        matches!(
+            self,
+            ItemError::Download(super::download::DownloadError::Cancelled)
+        )
     }
 
     /// Failures that concern the whole subscription, not this item: stop the cycle.
@@ -187,6 +239,10 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
         }
         let mut progressed = false;
         for p in plan::order(planned) {
+            if ctx.shutdown.is_requested() {
+                tracing::info!(subscription = %ctx.name, "stop requested: the rest of the queue waits for the next start");
+                return Ok(());
+            }
             let nid = p.notification_id.clone();
             if failed_ids.contains(&nid) || skipped_ids.contains(&nid) {
                 continue;
@@ -224,6 +280,11 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                         let _ = ctx.state.clear_failure(&ctx.name, c).await;
                     }
                 }
+                Err(e) if e.is_cancelled() => {
+                    tracing::info!(subscription = %ctx.name, notification_id = %nid,
+                        "stop requested during a download: nothing published or acknowledged for it");
+                    return Ok(());
+                }
                 Err(e) => {
                     let msg = e.to_string();
                     tracing::error!(subscription = %ctx.name, notification_id = %nid,
@@ -254,7 +315,7 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                 }
             }
         }
-        if len < BATCH as usize {
+        if len < BATCH as usize || ctx.shutdown.is_requested() {
             break;
         }
         // A full batch made only of items that failed or wait: the hub would return the same

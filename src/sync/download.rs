@@ -6,6 +6,8 @@ use std::time::Duration;
 use crate::deliver::{PendingEntry, WrittenFile};
 use crate::hubee::{Download, HubError, HubSession};
 
+use super::cycle::Shutdown;
+
 /// Which file to fetch.
 pub struct FileRef<'a> {
     pub case_id: &'a str,
@@ -19,6 +21,8 @@ pub struct FileRef<'a> {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DownloadError {
+    #[error("download abandoned: the process is stopping")]
+    Cancelled,
     #[error("{0}")]
     Hub(#[from] HubError),
     #[error("attachment {attachment_id}: the hub sent {got} bytes, {more} than the {expected} bytes its metadata announces")]
@@ -50,7 +54,7 @@ pub enum DownloadError {
 impl DownloadError {
     /// Local failures (disk full, permissions) are not the hub's: retrying now won't help.
     pub fn is_local(&self) -> bool {
-        matches!(self, DownloadError::Spool { .. })
+        matches!(self, DownloadError::Spool { .. } | DownloadError::Cancelled)
     }
 }
 
@@ -61,13 +65,20 @@ pub async fn fetch_verified(
     file: &FileRef<'_>,
     attempts: u32,
     base_delay: Duration,
+    shutdown: &Shutdown,
 ) -> Result<WrittenFile, DownloadError> {
     let mut tries = 0;
     loop {
         tries += 1;
-        match fetch_once(session, entry, file).await {
+        let attempt = tokio::select! {
+            r = fetch_once(session, entry, file) => r,
+            _ = shutdown.requested() => Err(DownloadError::Cancelled),
+        };
+        match attempt {
             Ok(w) => return Ok(w),
-            Err(e) if e.is_local() || tries >= attempts.max(1) => return Err(e),
+            Err(e) if e.is_local() || tries >= attempts.max(1) || shutdown.is_requested() => {
+                return Err(e)
+            }
             Err(e) => {
                 let delay = base_delay
                     .saturating_mul(1 << (tries - 1).min(10))
@@ -79,7 +90,10 @@ pub async fn fetch_verified(
                     error = %e,
                     "download failed verification or broke off, retrying"
                 );
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.requested() => return Err(DownloadError::Cancelled),
+                }
             }
         }
     }

@@ -10,4 +10,4 @@ pub mod cycle;
 pub mod download;
 pub mod plan;
 
-pub use cycle::{run_cycle, CycleReport, SubscriptionCtx};
+pub use cycle::{run_cycle, CycleReport, Shutdown, SubscriptionCtx};
