@@ -93,6 +93,7 @@ pub fn subscription_ctx(
         retry_base_delay: settings.hub.retry_base_delay,
         author: settings.hub.editor_name.clone(),
         shutdown,
+        quarantine_after: sub.quarantine_after,
     })
 }
 
@@ -214,8 +215,14 @@ fn print_report(r: &CycleReport) {
     if r.waiting > 0 {
         line.push_str(&format!(", {} en attente d'une pièce", r.waiting));
     }
-    if r.skipped > 0 {
-        line.push_str(&format!(", {} laissé(s) sur le hub", r.skipped));
+    if r.parked > 0 {
+        line.push_str(&format!(
+            ", {} mis de côté (réessayés à chaque passage)",
+            r.parked
+        ));
+    }
+    if r.quarantined > 0 {
+        line.push_str(&format!(", {} en quarantaine", r.quarantined));
     }
     println!("{line}");
     if let Some(f) = &r.fatal {

@@ -2,7 +2,7 @@
 
 mod common;
 
-use hubee_sync::state::{DeliveryKey, DeliveryRow, Location, LockError, Stage, StateDb};
+use hubee_sync::state::{DeliveryKey, DeliveryRow, Location, LockError, Stage, StateDb, WorkItem};
 
 fn row(sub: &str, case: &str) -> DeliveryRow {
     DeliveryRow {
@@ -50,13 +50,18 @@ async fn delivery_progress_is_recorded_step_by_step(db: &StateDb) {
     let b = db.next_sequence("certdc").await.unwrap();
     assert_eq!(b, a + 1);
 
-    // Failures count up and clear.
-    let f1 = db
-        .record_failure("certdc", "case-2", Some("case-2"), None, "boom")
-        .await
-        .unwrap();
+    // Failures count up, park, and clear.
+    let item = WorkItem {
+        kind: "case".into(),
+        case_id: "case-2".into(),
+        event_id: String::new(),
+        round: 0,
+        external_id: Some("DGS-2".into()),
+        notification_id: Some("n2".into()),
+    };
+    let f1 = db.record_failure("certdc", &item, "boom").await.unwrap();
     let f2 = db
-        .record_failure("certdc", "case-2", Some("case-2"), None, "boom again")
+        .record_failure("certdc", &item, "boom again")
         .await
         .unwrap();
     assert_eq!((f1.attempts, f2.attempts), (1, 2));
@@ -70,7 +75,13 @@ async fn delivery_progress_is_recorded_step_by_step(db: &StateDb) {
     assert_eq!(st[0].failing, 1);
     assert_eq!(st[0].consecutive_failures, 1);
     assert_eq!(st[0].last_error.as_deref(), Some("hub down"));
-    db.clear_failure("certdc", "case-2").await.unwrap();
+    db.park("certdc", &item).await.unwrap();
+    let parked = db.parked("certdc").await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].item, item, "parked work says what is owed");
+    let st = db.status(&["certdc".to_string()]).await.unwrap();
+    assert_eq!((st[0].failing, st[0].parked), (0, 1));
+    db.clear_failure("certdc", &item).await.unwrap();
     db.record_poll("certdc", true, None).await.unwrap();
     let st = db.status(&["certdc".to_string()]).await.unwrap();
     assert_eq!((st[0].failing, st[0].consecutive_failures), (0, 0));

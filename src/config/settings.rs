@@ -698,7 +698,7 @@ fn validate_subscription(
         &s.quarantine_after,
         file,
         &key("quarantine_after"),
-        Duration::from_secs(60),
+        Duration::from_secs(1),
         Duration::from_secs(365 * 86400),
         errors,
     );

@@ -39,6 +39,9 @@ const WRITE_BUFFER: usize = 256 * 1024;
 const MANIFEST: &str = "manifest.json";
 const SHA256SUMS: &str = "SHA256SUMS";
 const ATTACHMENTS: &str = "attachments";
+/// Why an entry was set aside (in a quarantined entry only).
+const REASON: &str = "reason.txt";
+const QUARANTINE: &str = "quarantine";
 /// The directories [`Spool::open`] creates under the root, parents first.
 const SPOOL_DIRS: [&str; 9] = [
     "tmp",
@@ -398,6 +401,12 @@ impl Spool {
     }
 
     /// Reads `manifest.json` of the entry of that name in `new/` or `cur/`, if there is one.
+    /// Where quarantine/{entry_name} is, when it exists.
+    pub fn quarantined(&self, entry_name: &str) -> Option<PathBuf> {
+        let p = self.root.join(QUARANTINE).join(entry_name);
+        p.is_dir().then_some(p)
+    }
+
     pub fn read_manifest(&self, entry_name: &str) -> Result<Option<Manifest>, SpoolError> {
         let dir = match self.find_entry(entry_name) {
             EntryLocation::New(dir) | EntryLocation::Cur(dir) => dir,
@@ -612,6 +621,52 @@ impl PendingEntry {
             }
         }
         Ok(())
+    }
+
+    /// Sets an entry aside in quarantine/{entry name} with `reason.txt`: whatever was
+    /// written (unverified files included) stays for a person to look at. Never replaces:
+    /// when quarantine/{name} exists already (an earlier attempt), the pending entry is
+    /// dropped and the existing path returned.
+    pub async fn quarantine(self, reason: &str) -> Result<PathBuf, SpoolError> {
+        let mut writer = self.create(REASON).await?;
+        writer.write(reason.as_bytes()).await?;
+        writer.finish().await?;
+        let quarantine = self
+            .tmp
+            .parent()
+            .map(|root| root.join(QUARANTINE))
+            .ok_or_else(|| SpoolError::UnsafePath {
+                path: self.dir.display().to_string(),
+                entry: self.tmp.clone(),
+                reason: "tmp/ has no parent spool directory",
+            })?;
+        check_entry_name(&self.name, &quarantine)?;
+        let target = quarantine.join(&self.name);
+        let (dir, tmp) = (self.dir.clone(), self.tmp.clone());
+        let outcome = tokio::task::spawn_blocking(move || {
+            fsync_dir(&dir)?;
+            match rename_noreplace(&dir, &target) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                    let _ = fs::remove_dir_all(&dir);
+                    return Ok(target);
+                }
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(libc::ENOSYS)) => {
+                    if target.exists() {
+                        let _ = fs::remove_dir_all(&dir);
+                        return Ok(target);
+                    }
+                    fs::rename(&dir, &target).map_err(io_err("rename", &target))?;
+                }
+                Err(e) => return Err(io_err("rename", &target)(e)),
+            }
+            fsync_dir(&quarantine)?;
+            fsync_dir(&tmp)?;
+            Ok(target)
+        })
+        .await
+        .map_err(|e| io_err("rename", &self.dir)(io::Error::other(e)))??;
+        Ok(outcome)
     }
 
     /// Removes the tmp directory (after a failed verification).

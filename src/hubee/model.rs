@@ -91,6 +91,20 @@ pub struct Event {
     pub create_date_time: Option<String>,
     #[serde(default, deserialize_with = "vec_or_null")]
     pub attachments: Vec<Attachment>,
+    /// Who sent it (`type` `SI` or `OSL`, SIRET, branch code); kept loose.
+    #[serde(default)]
+    pub transmitter: Option<serde_json::Value>,
+}
+
+impl Event {
+    /// True when the event was sent by an SI (one of ours, for this credential pair).
+    pub fn from_si(&self) -> bool {
+        self.transmitter
+            .as_ref()
+            .and_then(|t| t.get("type"))
+            .and_then(|t| t.as_str())
+            .is_some_and(|t| t.eq_ignore_ascii_case("SI"))
+    }
 }
 
 /// The body of `POST /cases/{id}/events` (PROTOCOL §4 E1).

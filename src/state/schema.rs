@@ -55,6 +55,14 @@ const MIGRATIONS: &[&str] = &[
         quarantined BIGINT NOT NULL DEFAULT 0,
         PRIMARY KEY (subscription, item)
     )",
+    // 2: parked work says what it is owed for (a case round or an event).
+    "ALTER TABLE failure ADD COLUMN kind TEXT;
+    ALTER TABLE failure ADD COLUMN event_id TEXT;
+    ALTER TABLE failure ADD COLUMN round BIGINT;
+    ALTER TABLE failure ADD COLUMN notification_id TEXT;
+    ALTER TABLE failure ADD COLUMN parked_at BIGINT;
+    ALTER TABLE failure ADD COLUMN quarantined_at BIGINT;
+    ALTER TABLE failure ADD COLUMN quarantine_path TEXT",
 ];
 
 /// The newest schema this binary knows.

@@ -1,18 +1,17 @@
-//! A new télédossier (PROTOCOL §8.2): fetch the case and its files, verify, publish in the
-//! spool, record it, walk the receipt status, post one STATUS_UPDATE event, and only then
-//! DELETE the notification. Each step is recorded in the state database before the next, so
-//! a crash anywhere means redelivery that writes nothing twice.
+//! A télédossier (PROTOCOL §8.2), in its round (0, then one more per reopening): fetch the
+//! case and its files, verify, publish in the spool, record it, walk the receipt status and
+//! post one STATUS_UPDATE event. Each step is recorded in the state database before the
+//! next, so a crash anywhere means redelivery that writes nothing twice. The caller DELETEs
+//! the notification afterwards.
 
-use futures_util::stream::{self, StreamExt, TryStreamExt};
-
-use crate::deliver::{names, EntryLocation, Manifest, ManifestAttachment, PendingEntry};
+use crate::deliver::names;
 use crate::hubee::model::{Case, NewEvent};
 use crate::hubee::status::{receipt_plan, CaseStatus, ReceiptPlan};
 use crate::hubee::HubError;
 use crate::state::{DeliveryKey, DeliveryRow, Stage};
 
 use super::cycle::{ItemError, SubscriptionCtx};
-use super::download::{fetch_verified, FileRef};
+use super::entry::{self, EntrySource, Publication};
 
 /// The comment that marks our receipt event, so a POST whose answer was lost is recognised
 /// instead of being posted twice (PROTOCOL §9).
@@ -20,80 +19,59 @@ pub fn receipt_key(case_id: &str, round: i64) -> String {
     format!("hubee-sync:receipt:{case_id}:r{round}")
 }
 
-/// What happened to one new-case notification.
+/// What happened to one piece of work.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CaseOutcome {
-    /// Published now, receipt done, notification deleted.
+    /// Published now and its receipt done.
     Delivered,
     /// Already delivered earlier (redelivery): only the missing acknowledgement steps ran.
     AlreadyDelivered,
-    /// An attachment is PENDING on the hub: the case waits, the notification stays.
+    /// An attachment is PENDING on the hub: the work waits, the notification stays.
     Waiting,
+    /// Nothing to deliver (an acknowledgement of our own event, an informational event).
+    Nothing,
 }
 
-pub async fn handle_new_case(
+/// Statuses a case is put back to when the OSL reopens it (PROTOCOL §9, §10.16).
+fn is_reopened_status(s: CaseStatus) -> bool {
+    matches!(
+        s,
+        CaseStatus::HubeeReceived | CaseStatus::HubeeCompleted | CaseStatus::HubeeNotified
+    )
+}
+
+/// Which round of a case a new-case notification (or a reopening event) is about. Pure.
+///
+/// - never delivered: round 0;
+/// - the latest round is unfinished: that round (finish it);
+/// - the latest round is done and the case is back at `HUBEE_NOTIFIED` (or before): the OSL
+///   reopened it, a new round;
+/// - otherwise the notification repeats one we handled: the latest round.
+pub fn decide_round(latest: Option<&DeliveryRow>, status: Option<CaseStatus>) -> i64 {
+    match latest {
+        None => 0,
+        Some(r) if r.stage < Stage::ReceiptDone => r.key.round,
+        Some(r) if status.is_some_and(is_reopened_status) => r.key.round + 1,
+        Some(r) => r.key.round,
+    }
+}
+
+/// Delivers the case a notification announces, in the right round, with its receipt.
+/// `fresh` is the case when the caller already fetched it.
+pub async fn deliver_case(
     ctx: &SubscriptionCtx,
-    notification_id: &str,
     case_id: &str,
+    notification_id: Option<&str>,
+    fresh: Option<(Case, bytes::Bytes)>,
 ) -> Result<CaseOutcome, ItemError> {
-    let key = DeliveryKey {
-        subscription: ctx.name.clone(),
-        case_id: case_id.to_string(),
-        event_id: String::new(),
-        round: 0,
+    let (case, raw) = match fresh {
+        Some(c) => c,
+        None => ctx
+            .session
+            .get_case(case_id)
+            .await
+            .map_err(|e| ItemError::hub(e, "fetching the case"))?,
     };
-    let mut row = ctx.state.delivery(&key).await?;
-    let mut outcome = CaseOutcome::AlreadyDelivered;
-    let mut fresh_case: Option<Case> = None;
-
-    if row.as_ref().is_none_or(|r| r.stage < Stage::Published) {
-        if let Some(r) = &row {
-            // A crash around the rename: finish or confirm that publication first.
-            super::cycle::recover_intent(ctx, r).await?;
-        } else {
-            let (case, raw) = ctx
-                .session
-                .get_case(case_id)
-                .await
-                .map_err(|e| ItemError::hub(e, "fetching the case"))?;
-            match publish_case(ctx, notification_id, case_id, &key, &case, &raw).await? {
-                Some(()) => {
-                    outcome = CaseOutcome::Delivered;
-                    fresh_case = Some(case);
-                }
-                None => return Ok(CaseOutcome::Waiting),
-            }
-        }
-        row = ctx.state.delivery(&key).await?;
-    }
-    let row = row.ok_or_else(|| ItemError::Internal("delivery record vanished".into()))?;
-
-    if row.stage < Stage::ReceiptDone {
-        receipt(ctx, &row, fresh_case).await?;
-    }
-    // Always DELETE the notification in hand: it may be a second notification for a case
-    // already acknowledged, and a DELETE of a deleted one is a 404, which is success.
-    ctx.session
-        .delete_notification(notification_id)
-        .await
-        .map_err(|e| ItemError::hub(e, "deleting the notification"))?;
-    if row.stage < Stage::Acknowledged {
-        ctx.state.advance(&key, Stage::Acknowledged).await?;
-        crate::sync::cycle::log_acknowledged(ctx, &row);
-    }
-    Ok(outcome)
-}
-
-/// Writes, verifies and publishes the entry. `Ok(None)` when the case must wait for a file
-/// still PENDING on the hub.
-async fn publish_case(
-    ctx: &SubscriptionCtx,
-    notification_id: &str,
-    case_id: &str,
-    key: &DeliveryKey,
-    case: &Case,
-    raw: &[u8],
-) -> Result<Option<()>, ItemError> {
     if let Some(id) = case.id.as_deref() {
         if id != case_id {
             return Err(ItemError::Refused(format!(
@@ -101,203 +79,56 @@ async fn publish_case(
             )));
         }
     }
-    let external_id = case.external_id.clone().unwrap_or_default();
-    let entry_name = names::entry_name(&external_id, case_id, None, 0);
-
-    // Our entry may already be there although the state does not know it (state database
-    // restored from a backup, or lost): recognise it by its manifest, never write it twice.
-    if !matches!(ctx.spool.find_entry(&entry_name), EntryLocation::Absent) {
-        if let Ok(Some(m)) = ctx.spool.read_manifest(&entry_name) {
-            if m.case_id == case_id && m.event_id.is_none() && m.round == 0 {
-                record_found(
-                    ctx,
-                    key,
-                    notification_id,
-                    &external_id,
-                    &entry_name,
-                    m.sequence,
-                )
-                .await?;
-                return Ok(Some(()));
-            }
-        }
+    let latest = ctx.state.latest_case_round(&ctx.name, case_id).await?;
+    let status = case
+        .status
+        .as_deref()
+        .and_then(|s| s.parse::<CaseStatus>().ok());
+    let round = decide_round(latest.as_ref(), status);
+    if latest.as_ref().is_some_and(|l| l.key.round < round) {
+        tracing::info!(subscription = %ctx.name, case_id, round,
+            "the case was reopened by the online service: delivering it again as a new round");
     }
-
-    // Decide about every file before writing anything.
-    for a in &case.attachments {
-        let st = a.status.as_deref().unwrap_or("");
-        if st == "PENDING" {
-            tracing::info!(
-                subscription = %ctx.name, case_id, external_id = %external_id,
-                attachment_id = a.id.as_deref().unwrap_or("?"),
-                "an attachment is still PENDING on the hub; the case waits for it"
-            );
-            return Ok(None);
-        }
-        if st == "RECEIVED" {
-            if a.id.as_deref().is_none_or(|s| s.trim().is_empty()) {
-                return Err(ItemError::Refused(
-                    "the hub lists a RECEIVED attachment without an id".into(),
-                ));
-            }
-            if a.size.is_none() {
-                return Err(ItemError::Refused(format!(
-                    "the hub gives no usable size for attachment {} ({:?})",
-                    a.id.as_deref().unwrap_or("?"),
-                    a.file_name.as_deref().unwrap_or("")
-                )));
-            }
-        }
-    }
-
-    let mut pending = ctx.spool.begin(&entry_name).map_err(ItemError::spool)?;
-    match fill_entry(ctx, &mut pending, case_id, &external_id, case, raw).await {
-        Ok(manifest) => {
-            let sequence = manifest.sequence;
-            let files_json = serde_json::to_string(&manifest.attachments).ok();
-            let tmp = pending.seal(&manifest).await.map_err(ItemError::spool)?;
-            let row = DeliveryRow {
-                key: key.clone(),
-                kind: "case".into(),
-                external_id: external_id.clone(),
-                entry_name: entry_name.clone(),
-                tmp_path: Some(tmp.display().to_string()),
-                sequence: Some(sequence as i64),
-                stage: Stage::Intent,
-                receipt_from: None,
-                receipt_to: None,
-                receipt_event_id: None,
-                notification_id: Some(notification_id.to_string()),
-                files_json,
-            };
-            ctx.state.record_intent(&row).await?;
-            super::cycle::publish_recorded(ctx, &row, &tmp).await?;
-            Ok(Some(()))
-        }
-        Err(e) => {
-            if let Err(ae) = pending.abandon().await {
-                tracing::warn!(subscription = %ctx.name, error = %ae, "cannot remove an abandoned entry from tmp/");
-            }
-            Err(e)
-        }
-    }
-}
-
-async fn record_found(
-    ctx: &SubscriptionCtx,
-    key: &DeliveryKey,
-    notification_id: &str,
-    external_id: &str,
-    entry_name: &str,
-    sequence: u64,
-) -> Result<(), ItemError> {
-    tracing::info!(subscription = %ctx.name, case_id = %key.case_id, entry = entry_name,
-        "entry already in the spool; recording it instead of writing it again");
-    let row = DeliveryRow {
-        key: key.clone(),
-        kind: "case".into(),
-        external_id: external_id.to_string(),
-        entry_name: entry_name.to_string(),
-        tmp_path: None,
-        sequence: Some(sequence as i64),
-        stage: Stage::Intent,
-        receipt_from: None,
-        receipt_to: None,
-        receipt_event_id: None,
-        notification_id: Some(notification_id.to_string()),
-        files_json: None,
-    };
-    ctx.state.record_intent(&row).await?;
-    ctx.state.advance(key, Stage::Published).await?;
-    Ok(())
-}
-
-async fn fill_entry(
-    ctx: &SubscriptionCtx,
-    pending: &mut PendingEntry,
-    case_id: &str,
-    external_id: &str,
-    case: &Case,
-    raw: &[u8],
-) -> Result<Manifest, ItemError> {
-    pending
-        .write_small("case.json", raw)
-        .await
-        .map_err(ItemError::spool)?;
-    // Paths are allocated up front (names must be unique), downloads then run in parallel.
-    let mut jobs = Vec::new();
-    let mut listed = Vec::new();
-    for a in &case.attachments {
-        let st = a.status.clone().unwrap_or_default();
-        let file_name = a.file_name.clone().unwrap_or_default();
-        let mut ma = ManifestAttachment {
-            attachment_id: a.id.clone().unwrap_or_default(),
-            file_name: file_name.clone(),
-            path: None,
-            type_: a.type_.clone().unwrap_or_default(),
-            mime_type: a.mime_type.clone().unwrap_or_default(),
-            size: a.size.unwrap_or(0),
-            sha256: None,
-            status: st.clone(),
-        };
-        if st == "RECEIVED" {
-            let rel = pending.attachment_path(&file_name);
-            ma.path = Some(rel.clone());
-            jobs.push((listed.len(), rel, ma.attachment_id.clone(), ma.size));
-        } else {
-            tracing::warn!(
-                subscription = %ctx.name, case_id, external_id,
-                attachment_id = %ma.attachment_id, status = %st,
-                "attachment not fetched: the hub marks it unusable; listed in the manifest"
-            );
-        }
-        listed.push(ma);
-    }
-    let pending_ref: &PendingEntry = pending;
-    let results: Vec<(usize, crate::deliver::WrittenFile)> = stream::iter(jobs)
-        .map(|(idx, rel, aid, size)| async move {
-            let f = FileRef {
-                case_id,
-                event_id: None,
-                attachment_id: &aid,
-                expected_size: size,
-                rel_path: &rel,
-            };
-            let w = fetch_verified(
-                &ctx.session,
-                pending_ref,
-                &f,
-                ctx.download_attempts,
-                ctx.retry_base_delay,
-                &ctx.shutdown,
-            )
-            .await?;
-            Ok::<_, ItemError>((idx, w))
-        })
-        .buffer_unordered(ctx.max_parallel_downloads.max(1))
-        .try_collect()
-        .await?;
-    for (idx, w) in results {
-        if let Some(ma) = listed.get_mut(idx) {
-            ma.sha256 = Some(w.sha256_hex());
-            ma.size = w.size;
-        }
-    }
-    let sequence = ctx.state.next_sequence(&ctx.name).await?;
-    Ok(Manifest {
+    let key = DeliveryKey {
         subscription: ctx.name.clone(),
-        process_code: case
-            .process_code
-            .clone()
-            .unwrap_or_else(|| ctx.process_code.clone()),
         case_id: case_id.to_string(),
-        external_id: external_id.to_string(),
-        event_id: None,
-        round: 0,
-        received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        sequence: sequence.max(0) as u64,
-        attachments: listed,
-    })
+        event_id: String::new(),
+        round,
+    };
+    let mut row = ctx.state.delivery(&key).await?;
+    let mut outcome = CaseOutcome::AlreadyDelivered;
+    if row.as_ref().is_none_or(|r| r.stage < Stage::Published) {
+        match &row {
+            Some(r) => super::cycle::recover_intent(ctx, r).await?,
+            None => {
+                let external_id = case.external_id.clone().unwrap_or_default();
+                let src = EntrySource {
+                    key: &key,
+                    kind: if round == 0 { "case" } else { "reopen" },
+                    entry_name: names::entry_name(&external_id, case_id, None, round.max(0) as u32),
+                    external_id,
+                    process_code: case
+                        .process_code
+                        .clone()
+                        .unwrap_or_else(|| ctx.process_code.clone()),
+                    notification_id,
+                    case_raw: &raw,
+                    event_raw: None,
+                    attachments: &case.attachments,
+                };
+                match entry::publish(ctx, src).await? {
+                    Publication::Done => outcome = CaseOutcome::Delivered,
+                    Publication::Waiting { .. } => return Ok(CaseOutcome::Waiting),
+                }
+            }
+        }
+        row = ctx.state.delivery(&key).await?;
+    }
+    let row = row.ok_or_else(|| ItemError::Internal("delivery record vanished".into()))?;
+    if row.stage < Stage::ReceiptDone {
+        receipt(ctx, &row, Some(case)).await?;
+    }
+    Ok(outcome)
 }
 
 /// Walks the case to the receipt status and posts one STATUS_UPDATE event, exactly once.
@@ -398,5 +229,58 @@ fn find_marked_event(case: &Case, marker: &str) -> Option<Option<String>> {
 impl ItemError {
     pub fn hub(e: HubError, doing: &'static str) -> ItemError {
         ItemError::Hub { doing, source: e }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(round: i64, stage: Stage) -> DeliveryRow {
+        DeliveryRow {
+            key: DeliveryKey {
+                subscription: "s".into(),
+                case_id: "c".into(),
+                event_id: String::new(),
+                round,
+            },
+            kind: "case".into(),
+            external_id: "x".into(),
+            entry_name: "x~c".into(),
+            tmp_path: None,
+            sequence: Some(1),
+            stage,
+            receipt_from: None,
+            receipt_to: None,
+            receipt_event_id: None,
+            notification_id: None,
+            files_json: None,
+        }
+    }
+
+    #[test]
+    fn first_notification_is_round_zero() {
+        assert_eq!(decide_round(None, Some(CaseStatus::HubeeNotified)), 0);
+    }
+
+    #[test]
+    fn unfinished_round_is_finished_not_restarted() {
+        let r = row(1, Stage::Published);
+        assert_eq!(decide_round(Some(&r), Some(CaseStatus::HubeeNotified)), 1);
+    }
+
+    #[test]
+    fn case_back_at_notified_after_a_done_round_is_a_reopening() {
+        let r = row(0, Stage::Acknowledged);
+        assert_eq!(decide_round(Some(&r), Some(CaseStatus::HubeeNotified)), 1);
+        assert_eq!(decide_round(Some(&r), Some(CaseStatus::HubeeCompleted)), 1);
+    }
+
+    #[test]
+    fn repeated_notification_of_a_done_round_is_not_a_reopening() {
+        let r = row(2, Stage::ReceiptDone);
+        assert_eq!(decide_round(Some(&r), Some(CaseStatus::InProgress)), 2);
+        assert_eq!(decide_round(Some(&r), Some(CaseStatus::Done)), 2);
+        assert_eq!(decide_round(Some(&r), None), 2);
     }
 }

@@ -8,9 +8,11 @@ use std::time::Duration;
 use crate::deliver::{PublishOutcome, Spool, SpoolError};
 use crate::hubee::status::CaseStatus;
 use crate::hubee::{HubError, HubSession};
-use crate::state::{DeliveryRow, LockError, Stage, StateDb, StateError};
+use crate::state::{DeliveryRow, LockError, Stage, StateDb, StateError, WorkItem};
 
-use super::case::{handle_new_case, CaseOutcome};
+use super::case::{deliver_case, CaseOutcome};
+use super::event::deliver_event;
+use super::park::{self, Verdict};
 use super::plan::{self, Action};
 
 /// Batch size: "par lot de 25 max" (PROTOCOL §4 N1, §10.5).
@@ -32,6 +34,8 @@ pub struct SubscriptionCtx {
     /// Becomes `true` when the process is asked to stop: downloads in flight are abandoned
     /// (nothing is published or acknowledged for them), and no new item is started.
     pub shutdown: Shutdown,
+    /// How long an item may keep failing before it is quarantined.
+    pub quarantine_after: Duration,
 }
 
 /// A stop signal shared by every cycle of a process.
@@ -139,8 +143,10 @@ pub struct CycleReport {
     pub acknowledged: usize,
     /// Cases waiting for a PENDING file.
     pub waiting: usize,
-    /// Notifications left for a later version or cycle (not failures).
-    pub skipped: usize,
+    /// Items parked this cycle (notification deleted, work owed).
+    pub parked: usize,
+    /// Items quarantined this cycle.
+    pub quarantined: usize,
     pub failures: Vec<ItemFailure>,
     /// A failure that stopped the whole cycle (lock, credentials, hub unreachable, spool).
     pub fatal: Option<String>,
@@ -220,8 +226,8 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
         .map_err(|e| e.to_string())?;
 
     // 3. Batches until a short one (PROTOCOL §8.1).
+    let mut attempted: HashSet<String> = HashSet::new();
     let mut failed_ids: HashSet<String> = HashSet::new();
-    let mut skipped_ids: HashSet<String> = HashSet::new();
     loop {
         let batch = ctx
             .session
@@ -244,40 +250,77 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                 return Ok(());
             }
             let nid = p.notification_id.clone();
-            if failed_ids.contains(&nid) || skipped_ids.contains(&nid) {
+            if failed_ids.contains(&nid) {
                 continue;
             }
-            let case_id = p.notification.case_id.clone();
-            let result = match &p.action {
-                Action::NewCase { case_id } => handle_new_case(ctx, &nid, case_id).await.map(Some),
-                Action::DeleteOnly => ctx
-                    .session
-                    .delete_notification(&nid)
-                    .await
-                    .map(|_| None)
-                    .map_err(|e| ItemError::hub(e, "deleting the notification")),
-                Action::Event { .. } => {
-                    tracing::warn!(subscription = %ctx.name, notification_id = %nid,
-                        "event notifications are not handled by this version; left on the hub");
-                    skipped_ids.insert(nid.clone());
-                    report.skipped += 1;
+            let item = match &p.action {
+                Action::DeleteOnly => {
+                    match ctx.session.delete_notification(&nid).await {
+                        Ok(()) => {
+                            progressed = true;
+                            report.acknowledged += 1;
+                        }
+                        Err(e) => {
+                            let e = ItemError::hub(e, "deleting the notification");
+                            fail(report, &nid, None, &e);
+                            failed_ids.insert(nid);
+                        }
+                    }
                     continue;
                 }
-                Action::Invalid { reason } => Err(ItemError::Refused(reason.clone())),
+                Action::NewCase { case_id } => WorkItem {
+                    kind: "case".into(),
+                    case_id: case_id.clone(),
+                    event_id: String::new(),
+                    round: 0,
+                    external_id: None,
+                    notification_id: Some(nid.clone()),
+                },
+                Action::Event { case_id, event_id } => WorkItem {
+                    kind: "event".into(),
+                    case_id: case_id.clone(),
+                    event_id: event_id.clone(),
+                    round: 0,
+                    external_id: None,
+                    notification_id: Some(nid.clone()),
+                },
+                Action::Invalid { .. } => WorkItem {
+                    kind: "invalid".into(),
+                    case_id: format!("notification-{nid}"),
+                    event_id: String::new(),
+                    round: 0,
+                    external_id: None,
+                    notification_id: Some(nid.clone()),
+                },
+            };
+            // Several notifications about one item in a batch: the first does the work.
+            let first = attempted.insert(item.key());
+            let result = match (&p.action, first) {
+                (Action::Invalid { reason }, _) => Err(ItemError::Refused(reason.clone())),
+                (_, false) => Ok(CaseOutcome::AlreadyDelivered),
+                _ => work(ctx, &item).await,
             };
             match result {
-                Ok(Some(CaseOutcome::Waiting)) => {
+                Ok(CaseOutcome::Waiting) => {
                     report.waiting += 1;
-                    skipped_ids.insert(nid);
+                    failed_ids.insert(nid.clone());
+                    let e = ItemError::Refused("an attachment is still PENDING on the hub".into());
+                    after_failure(ctx, report, &item, &e).await?;
                 }
                 Ok(outcome) => {
-                    progressed = true;
-                    report.acknowledged += 1;
-                    if outcome == Some(CaseOutcome::Delivered) {
-                        report.received += 1;
-                    }
-                    if let Some(c) = &case_id {
-                        let _ = ctx.state.clear_failure(&ctx.name, c).await;
+                    // Acknowledge: the work is durably done (CONTRACT, rule of acknowledgement).
+                    match acknowledge(ctx, &item, &nid).await {
+                        Ok(()) => {
+                            progressed = true;
+                            report.acknowledged += 1;
+                            if outcome == CaseOutcome::Delivered {
+                                report.received += 1;
+                            }
+                        }
+                        Err(e) => {
+                            fail(report, &nid, Some(&item.case_id), &e);
+                            failed_ids.insert(nid);
+                        }
                     }
                 }
                 Err(e) if e.is_cancelled() => {
@@ -286,31 +329,13 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                     return Ok(());
                 }
                 Err(e) => {
-                    let msg = e.to_string();
-                    tracing::error!(subscription = %ctx.name, notification_id = %nid,
-                        case_id = case_id.as_deref().unwrap_or(""), error = %msg,
-                        "télédossier not delivered this cycle; it will be retried");
-                    if let Err(se) = ctx
-                        .state
-                        .record_failure(
-                            &ctx.name,
-                            case_id.as_deref().unwrap_or(&nid),
-                            case_id.as_deref(),
-                            None,
-                            &msg,
-                        )
-                        .await
-                    {
-                        tracing::error!(subscription = %ctx.name, error = %se, "cannot record a failure");
-                    }
-                    report.failures.push(ItemFailure {
-                        notification_id: nid.clone(),
-                        case_id: case_id.clone(),
-                        error: msg.clone(),
-                    });
+                    fail(report, &nid, Some(&item.case_id), &e);
                     failed_ids.insert(nid);
                     if e.stops_cycle() {
-                        return Err(msg);
+                        return Err(e.to_string());
+                    }
+                    if after_failure(ctx, report, &item, &e).await? {
+                        progressed = true;
                     }
                 }
             }
@@ -324,7 +349,156 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
             break;
         }
     }
+
+    // 4. Parked work, owed since its notification was deleted (GET /cases/{id}).
+    let parked = ctx
+        .state
+        .parked(&ctx.name)
+        .await
+        .map_err(|e| e.to_string())?;
+    for p in parked {
+        if ctx.shutdown.is_requested() {
+            return Ok(());
+        }
+        if !attempted.insert(p.item.key()) {
+            continue;
+        }
+        match work(ctx, &p.item).await {
+            Ok(CaseOutcome::Waiting) => {
+                report.waiting += 1;
+                let e = ItemError::Refused("an attachment is still PENDING on the hub".into());
+                after_failure(ctx, report, &p.item, &e).await?;
+            }
+            Ok(outcome) => {
+                if outcome == CaseOutcome::Delivered {
+                    report.received += 1;
+                }
+                let _ = ctx.state.clear_failure(&ctx.name, &p.item).await;
+                tracing::info!(subscription = %ctx.name, case_id = %p.item.case_id, event_id = %p.item.event_id,
+                    "parked télédossier delivered after {} failed cycle(s)", p.failure.attempts);
+            }
+            Err(e) if e.is_cancelled() => return Ok(()),
+            Err(e) => {
+                let nid = p.item.notification_id.clone().unwrap_or_default();
+                fail(report, &nid, Some(&p.item.case_id), &e);
+                if e.stops_cycle() {
+                    return Err(e.to_string());
+                }
+                after_failure(ctx, report, &p.item, &e).await?;
+            }
+        }
+    }
     Ok(())
+}
+
+/// Does the work an item asks for (without deleting its notification).
+async fn work(ctx: &SubscriptionCtx, item: &WorkItem) -> Result<CaseOutcome, ItemError> {
+    let nid = item.notification_id.as_deref();
+    match item.kind.as_str() {
+        "event" => deliver_event(ctx, &item.case_id, &item.event_id, nid).await,
+        "invalid" => Err(ItemError::Refused(
+            "the notification names no case (caseId is empty)".into(),
+        )),
+        _ => deliver_case(ctx, &item.case_id, nid, None).await,
+    }
+}
+
+/// DELETEs the notification once its work is durably done, and records it.
+async fn acknowledge(ctx: &SubscriptionCtx, item: &WorkItem, nid: &str) -> Result<(), ItemError> {
+    ctx.session
+        .delete_notification(nid)
+        .await
+        .map_err(|e| ItemError::hub(e, "deleting the notification"))?;
+    if item.kind == "case" {
+        if let Some(row) = ctx
+            .state
+            .latest_case_round(&ctx.name, &item.case_id)
+            .await?
+        {
+            if row.stage < Stage::Acknowledged {
+                ctx.state.advance(&row.key, Stage::Acknowledged).await?;
+                log_acknowledged(ctx, &row);
+            }
+        }
+    } else if let Some(row) = ctx
+        .state
+        .event_delivery(&ctx.name, &item.case_id, &item.event_id)
+        .await?
+    {
+        if row.stage < Stage::Acknowledged {
+            ctx.state.advance(&row.key, Stage::Acknowledged).await?;
+        }
+    }
+    let _ = ctx.state.clear_failure(&ctx.name, item).await;
+    Ok(())
+}
+
+fn fail(report: &mut CycleReport, nid: &str, case_id: Option<&str>, e: &ItemError) {
+    report.failures.push(ItemFailure {
+        notification_id: nid.to_string(),
+        case_id: case_id.map(str::to_string),
+        error: e.to_string(),
+    });
+}
+
+/// Counts a failed cycle for an item and parks or quarantines it when due. Returns true when
+/// the item left the queue (its notification deleted).
+async fn after_failure(
+    ctx: &SubscriptionCtx,
+    report: &mut CycleReport,
+    item: &WorkItem,
+    e: &ItemError,
+) -> Result<bool, String> {
+    let msg = e.to_string();
+    tracing::error!(subscription = %ctx.name, case_id = %item.case_id, event_id = %item.event_id,
+        notification_id = item.notification_id.as_deref().unwrap_or(""), error = %msg,
+        "télédossier not delivered this cycle; it will be retried");
+    let f = ctx
+        .state
+        .record_failure(&ctx.name, item, &msg)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (already_parked, _) = match ctx.state.failure(&ctx.name, item).await {
+        Ok(Some((_, parked, quarantined))) => (parked, quarantined),
+        _ => (false, false),
+    };
+    match park::verdict(&f, crate::state::now_ms(), ctx.quarantine_after) {
+        Verdict::Retry => Ok(false),
+        Verdict::Park if already_parked => Ok(false),
+        Verdict::Park => {
+            ctx.state
+                .park(&ctx.name, item)
+                .await
+                .map_err(|e| e.to_string())?;
+            report.parked += 1;
+            tracing::warn!(subscription = %ctx.name, case_id = %item.case_id, event_id = %item.event_id,
+                attempts = f.attempts, error = %msg,
+                "télédossier parked: recorded as owed and retried every cycle; its notification is deleted so the queue behind it moves");
+            delete_if_present(ctx, item).await;
+            Ok(true)
+        }
+        Verdict::Quarantine => match park::quarantine(ctx, item, &f).await {
+            Ok(_) => {
+                report.quarantined += 1;
+                delete_if_present(ctx, item).await;
+                Ok(true)
+            }
+            Err(qe) => {
+                tracing::error!(subscription = %ctx.name, case_id = %item.case_id, error = %qe,
+                    "cannot quarantine the télédossier yet; retried next cycle");
+                Ok(false)
+            }
+        },
+    }
+}
+
+async fn delete_if_present(ctx: &SubscriptionCtx, item: &WorkItem) {
+    if let Some(nid) = &item.notification_id {
+        if let Err(e) = ctx.session.delete_notification(nid).await {
+            tracing::warn!(subscription = %ctx.name, notification_id = %nid, error = %e,
+                "cannot delete the notification of a parked item; the work is recorded and it will be deleted later");
+        }
+    }
 }
 
 /// Finishes a publication recorded as intent: the tmp directory still there means the

@@ -2,12 +2,18 @@
 //! acknowledge — in that order and no other (CONTRACT, "The rule of acknowledgement").
 //!
 //! - [`plan`]: pure decisions (ordering a batch, what a notification asks for).
-//! - [`case`]: a new télédossier: fetch, verify, publish, receipt, DELETE.
+//! - [`entry`]: building and publishing one spool entry, verified, exactly once.
+//! - [`case`]: a télédossier in its round (0, then one per reopening), with its receipt.
+//! - [`event`]: an OSL event (message, status change, deposit), acknowledged RECEIVED.
+//! - [`park`]: items that keep failing: parked, then quarantined.
 //! - [`cycle`]: the batch loop, recovery of interrupted publications, the per-cycle report.
 
 pub mod case;
 pub mod cycle;
 pub mod download;
+pub mod entry;
+pub mod event;
+pub mod park;
 pub mod plan;
 
 pub use cycle::{run_cycle, CycleReport, Shutdown, SubscriptionCtx};

@@ -1,0 +1,234 @@
+//! Building and publishing one spool entry (a case round or an event): decide about every
+//! file, write in tmp/, verify, seal, record the intent, rename into new/, record it.
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+
+use crate::deliver::{EntryLocation, Manifest, ManifestAttachment, PendingEntry, WrittenFile};
+use crate::hubee::model::Attachment;
+use crate::state::{DeliveryKey, DeliveryRow, Stage};
+
+use super::cycle::{publish_recorded, ItemError, SubscriptionCtx};
+use super::download::{fetch_verified, FileRef};
+
+/// What to put in an entry.
+pub struct EntrySource<'a> {
+    pub key: &'a DeliveryKey,
+    /// `case`, `reopen` or `event`.
+    pub kind: &'static str,
+    pub entry_name: String,
+    pub external_id: String,
+    pub process_code: String,
+    pub notification_id: Option<&'a str>,
+    /// `case.json`: the case exactly as the hub returned it.
+    pub case_raw: &'a [u8],
+    /// `event.json` for an event entry.
+    pub event_raw: Option<&'a [u8]>,
+    pub attachments: &'a [Attachment],
+}
+
+/// The outcome of a publication attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publication {
+    /// Published now, or found already published.
+    Done,
+    /// A file is still PENDING on the hub: nothing written, try again later.
+    Waiting { attachment_id: String },
+}
+
+/// Files the hub marks as unusable: listed, never fetched (PROTOCOL §9).
+fn is_final_unusable(status: &str) -> bool {
+    matches!(status, "CORRUPTED" | "REJECTED" | "DELETED")
+}
+
+/// Checks that an entry can be built, before anything is written.
+pub fn precheck(attachments: &[Attachment]) -> Result<Option<String>, ItemError> {
+    for a in attachments {
+        let st = a.status.as_deref().unwrap_or("");
+        let id = a.id.as_deref().map(str::trim).unwrap_or("");
+        match st {
+            "PENDING" => return Ok(Some(id.to_string())),
+            "RECEIVED" => {
+                if id.is_empty() {
+                    return Err(ItemError::Refused(
+                        "the hub lists a RECEIVED attachment without an id".into(),
+                    ));
+                }
+                if a.size.is_none() {
+                    return Err(ItemError::Refused(format!(
+                        "the hub gives no usable size for attachment {id} ({:?})",
+                        a.file_name.as_deref().unwrap_or("")
+                    )));
+                }
+            }
+            s if is_final_unusable(s) => {}
+            other => {
+                return Err(ItemError::Refused(format!(
+                    "attachment {id} has an unknown status {other:?}; it will be retried, and quarantined if it persists"
+                )))
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Publishes the entry described by `src`, exactly once.
+pub async fn publish(
+    ctx: &SubscriptionCtx,
+    src: EntrySource<'_>,
+) -> Result<Publication, ItemError> {
+    // Our entry may already be there although the state does not know it (state database
+    // restored from a backup, or lost): recognise it by its manifest, never write it twice.
+    if !matches!(ctx.spool.find_entry(&src.entry_name), EntryLocation::Absent) {
+        if let Ok(Some(m)) = ctx.spool.read_manifest(&src.entry_name) {
+            if m.case_id == src.key.case_id
+                && m.event_id.as_deref().unwrap_or("") == src.key.event_id
+                && i64::from(m.round) == src.key.round
+            {
+                tracing::info!(subscription = %ctx.name, case_id = %src.key.case_id, entry = %src.entry_name,
+                    "entry already in the spool; recording it instead of writing it again");
+                let mut row = row_for(&src, None, m.sequence as i64, None);
+                row.stage = Stage::Intent;
+                ctx.state.record_intent(&row).await?;
+                ctx.state.advance(src.key, Stage::Published).await?;
+                return Ok(Publication::Done);
+            }
+        }
+    }
+    if let Some(attachment_id) = precheck(src.attachments)? {
+        tracing::info!(
+            subscription = %ctx.name, case_id = %src.key.case_id, external_id = %src.external_id,
+            attachment_id = %attachment_id, "an attachment is still PENDING on the hub; waiting for it"
+        );
+        return Ok(Publication::Waiting { attachment_id });
+    }
+
+    let mut pending = ctx.spool.begin(&src.entry_name).map_err(ItemError::spool)?;
+    match fill(ctx, &mut pending, &src).await {
+        Ok(manifest) => {
+            let files_json = serde_json::to_string(&manifest.attachments).ok();
+            let sequence = manifest.sequence as i64;
+            let tmp = pending.seal(&manifest).await.map_err(ItemError::spool)?;
+            let row = row_for(&src, Some(tmp.display().to_string()), sequence, files_json);
+            ctx.state.record_intent(&row).await?;
+            publish_recorded(ctx, &row, &tmp).await?;
+            Ok(Publication::Done)
+        }
+        Err(e) => {
+            if let Err(ae) = pending.abandon().await {
+                tracing::warn!(subscription = %ctx.name, error = %ae, "cannot remove an abandoned entry from tmp/");
+            }
+            Err(e)
+        }
+    }
+}
+
+fn row_for(
+    src: &EntrySource<'_>,
+    tmp: Option<String>,
+    sequence: i64,
+    files_json: Option<String>,
+) -> DeliveryRow {
+    DeliveryRow {
+        key: src.key.clone(),
+        kind: src.kind.to_string(),
+        external_id: src.external_id.clone(),
+        entry_name: src.entry_name.clone(),
+        tmp_path: tmp,
+        sequence: Some(sequence),
+        stage: Stage::Intent,
+        receipt_from: None,
+        receipt_to: None,
+        receipt_event_id: None,
+        notification_id: src.notification_id.map(str::to_string),
+        files_json,
+    }
+}
+
+async fn fill(
+    ctx: &SubscriptionCtx,
+    pending: &mut PendingEntry,
+    src: &EntrySource<'_>,
+) -> Result<Manifest, ItemError> {
+    pending
+        .write_small("case.json", src.case_raw)
+        .await
+        .map_err(ItemError::spool)?;
+    if let Some(ev) = src.event_raw {
+        pending
+            .write_small("event.json", ev)
+            .await
+            .map_err(ItemError::spool)?;
+    }
+    // Paths are allocated up front (names must be unique), downloads then run in parallel.
+    let mut jobs = Vec::new();
+    let mut listed = Vec::new();
+    for a in src.attachments {
+        let st = a.status.clone().unwrap_or_default();
+        let mut ma = ManifestAttachment {
+            attachment_id: a.id.clone().unwrap_or_default(),
+            file_name: a.file_name.clone().unwrap_or_default(),
+            path: None,
+            type_: a.type_.clone().unwrap_or_default(),
+            mime_type: a.mime_type.clone().unwrap_or_default(),
+            size: a.size.unwrap_or(0),
+            sha256: None,
+            status: st.clone(),
+        };
+        if st == "RECEIVED" {
+            let rel = pending.attachment_path(&ma.file_name);
+            ma.path = Some(rel.clone());
+            jobs.push((listed.len(), rel, ma.attachment_id.clone(), ma.size));
+        } else {
+            tracing::warn!(
+                subscription = %ctx.name, case_id = %src.key.case_id, external_id = %src.external_id,
+                attachment_id = %ma.attachment_id, status = %st,
+                "attachment not fetched: the hub marks it unusable; listed in the manifest"
+            );
+        }
+        listed.push(ma);
+    }
+    let pending_ref: &PendingEntry = pending;
+    let event_id = (!src.key.event_id.is_empty()).then_some(src.key.event_id.as_str());
+    let case_id = src.key.case_id.as_str();
+    let results: Vec<(usize, WrittenFile)> = stream::iter(jobs)
+        .map(|(idx, rel, aid, size)| async move {
+            let f = FileRef {
+                case_id,
+                event_id,
+                attachment_id: &aid,
+                expected_size: size,
+                rel_path: &rel,
+            };
+            let w = fetch_verified(
+                &ctx.session,
+                pending_ref,
+                &f,
+                ctx.download_attempts,
+                ctx.retry_base_delay,
+                &ctx.shutdown,
+            )
+            .await?;
+            Ok::<_, ItemError>((idx, w))
+        })
+        .buffer_unordered(ctx.max_parallel_downloads.max(1))
+        .try_collect()
+        .await?;
+    for (idx, w) in results {
+        if let Some(ma) = listed.get_mut(idx) {
+            ma.sha256 = Some(w.sha256_hex());
+            ma.size = w.size;
+        }
+    }
+    let sequence = ctx.state.next_sequence(&ctx.name).await?;
+    Ok(Manifest {
+        subscription: ctx.name.clone(),
+        process_code: src.process_code.clone(),
+        case_id: src.key.case_id.clone(),
+        external_id: src.external_id.clone(),
+        event_id: event_id.map(str::to_string),
+        round: src.key.round.max(0) as u32,
+        received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        sequence: sequence.max(0) as u64,
+        attachments: listed,
+    })
+}

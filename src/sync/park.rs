@@ -1,0 +1,266 @@
+//! Items that keep failing (CONTRACT, "The rule of acknowledgement"; issue: parking and
+//! quarantine). The hub returns the oldest notifications first and has no offset, so a
+//! télédossier that fails every cycle would hide everything behind it. Such an item is
+//! *parked*: recorded in the state database as work owed, then its notification deleted;
+//! parked work is retried every cycle. After `quarantine_after` (and at least
+//! [`QUARANTINE_MIN_CYCLES`] failed cycles) it is *quarantined*: whatever could be fetched goes
+//! to quarantine/ with reason.txt, the case is set to SI_INTG_ERROR with an event saying why,
+//! and `status` and the logs say so. Nothing is dropped silently.
+
+use std::time::Duration;
+
+use crate::deliver::names;
+use crate::hubee::model::NewEvent;
+use crate::state::{Failure, WorkItem};
+
+use super::cycle::{ItemError, SubscriptionCtx};
+
+/// Failed cycles after which an item is parked (its notification deleted).
+pub const PARK_AFTER: i64 = 2;
+/// Failed cycles an item needs, besides `quarantine_after`, before quarantine.
+pub const QUARANTINE_MIN_CYCLES: i64 = 3;
+
+/// What to do with an item after one more failed cycle. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Keep the notification; try again next cycle.
+    Retry,
+    /// Record the work as owed and delete the notification.
+    Park,
+    /// Give up and report it to a person.
+    Quarantine,
+}
+
+pub fn verdict(f: &Failure, now_ms: i64, quarantine_after: Duration) -> Verdict {
+    let age = Duration::from_millis(now_ms.saturating_sub(f.first_at_ms).max(0) as u64);
+    if f.attempts >= QUARANTINE_MIN_CYCLES && age >= quarantine_after {
+        Verdict::Quarantine
+    } else if f.attempts >= PARK_AFTER {
+        Verdict::Park
+    } else {
+        Verdict::Retry
+    }
+}
+
+/// The marker of our quarantine event on a case.
+pub fn quarantine_key(item: &WorkItem) -> String {
+    format!("hubee-sync:quarantine:{}:r{}", item.key(), item.round)
+}
+
+/// Sets an item aside: quarantine/ENTRY with reason.txt, SI_INTG_ERROR and an event on the
+/// hub, then the state. Each step is idempotent, so a failure part-way is retried later.
+pub async fn quarantine(
+    ctx: &SubscriptionCtx,
+    item: &WorkItem,
+    failure: &Failure,
+) -> Result<String, ItemError> {
+    let external_id = item.external_id.clone().unwrap_or_default();
+    let entry_name = if item.kind == "invalid" {
+        names::entry_name("notification", &item.case_id, None, 0)
+    } else {
+        let event = (!item.event_id.is_empty()).then_some(item.event_id.as_str());
+        names::entry_name(&external_id, &item.case_id, event, item.round.max(0) as u32)
+    };
+    let since = chrono::DateTime::from_timestamp_millis(failure.first_at_ms)
+        .map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+        .unwrap_or_default();
+    let path = match ctx.spool.quarantined(&entry_name) {
+        Some(p) => p,
+        None => {
+            let reason = format!(
+                "hubee-sync n'a pas pu intégrer ce télédossier / could not deliver this télédossier\n\n\
+                 abonnement / subscription: {sub}\n\
+                 dossier / case: {case} (numéro {ext})\n\
+                 événement / event: {event}\n\
+                 échecs / failed cycles: {n} depuis / since {since}\n\
+                 dernière erreur / last error: {err}\n\n\
+                 Le dossier a été passé au statut SI_INTG_ERROR sur HubEE, avec un événement.\n\
+                 The case was set to SI_INTG_ERROR on HubEE, with an event.\n\
+                 Que faire / what to do: examine the files here; the online service (OSL) may resend or\n\
+                 reopen the case, which hubee-sync then delivers as a new round. This folder is not\n\
+                 read by hubee-sync again; move or delete it when done.\n",
+                sub = ctx.name,
+                case = item.case_id,
+                ext = if external_id.is_empty() { "?" } else { &external_id },
+                event = if item.event_id.is_empty() { "-" } else { &item.event_id },
+                n = failure.attempts,
+                err = failure.last_error,
+            );
+            let pending = ctx.spool.begin(&entry_name).map_err(ItemError::spool)?;
+            if item.kind != "invalid" {
+                collect_what_we_can(ctx, item, &pending).await;
+            }
+            pending
+                .quarantine(&reason)
+                .await
+                .map_err(ItemError::spool)?
+        }
+    };
+    if item.kind != "invalid" {
+        mark_integration_error(ctx, item, &failure.last_error).await?;
+    }
+    let path_s = path.display().to_string();
+    ctx.state.quarantine(&ctx.name, item, Some(&path_s)).await?;
+    tracing::error!(
+        subscription = %ctx.name, case_id = %item.case_id, external_id = %external_id,
+        event_id = %item.event_id, attempts = failure.attempts, path = %path_s,
+        error = %failure.last_error,
+        "télédossier quarantined after failing since {since}: set to SI_INTG_ERROR on the hub; a person must look at it"
+    );
+    Ok(path_s)
+}
+
+/// Best effort: the case (and event) JSON and whatever bytes each file gives, unverified.
+async fn collect_what_we_can(
+    ctx: &SubscriptionCtx,
+    item: &WorkItem,
+    pending: &crate::deliver::PendingEntry,
+) {
+    let attachments = if item.event_id.is_empty() {
+        match ctx.session.get_case(&item.case_id).await {
+            Ok((case, raw)) => {
+                let _ = pending.write_small("case.json", &raw).await;
+                case.attachments
+            }
+            Err(_) => return,
+        }
+    } else {
+        match ctx.session.get_event(&item.case_id, &item.event_id).await {
+            Ok((ev, raw)) => {
+                let _ = pending.write_small("event.json", &raw).await;
+                ev.attachments
+            }
+            Err(_) => return,
+        }
+    };
+    let mut namer = crate::deliver::names::FileNamer::new();
+    for a in attachments
+        .iter()
+        .filter(|a| a.status.as_deref() == Some("RECEIVED"))
+    {
+        let Some(aid) = a.id.as_deref() else { continue };
+        let rel = format!(
+            "attachments/{}",
+            namer.name_for(a.file_name.as_deref().unwrap_or(""))
+        );
+        let dl = if item.event_id.is_empty() {
+            ctx.session
+                .download_case_attachment(&item.case_id, aid)
+                .await
+        } else {
+            ctx.session
+                .download_event_attachment(&item.case_id, &item.event_id, aid)
+                .await
+        };
+        let (Ok(mut dl), Ok(mut w)) = (dl, pending.create_file(&rel).await) else {
+            continue;
+        };
+        // Bounded: a quarantined file is kept for a person, not trusted.
+        let limit = a.size.unwrap_or(0).saturating_add(1 << 20);
+        while let Ok(Some(chunk)) = dl.chunk().await {
+            if w.bytes_written() + chunk.len() as u64 > limit || w.write(&chunk).await.is_err() {
+                break;
+            }
+        }
+        let _ = w.finish().await;
+    }
+}
+
+/// SI_INTG_ERROR on the case, with one STATUS_UPDATE event saying why (PROTOCOL §8.2,
+/// "If integration fails").
+async fn mark_integration_error(
+    ctx: &SubscriptionCtx,
+    item: &WorkItem,
+    error: &str,
+) -> Result<(), ItemError> {
+    let (case, _) = ctx
+        .session
+        .get_case(&item.case_id)
+        .await
+        .map_err(|e| ItemError::hub(e, "reading the case to quarantine it"))?;
+    let marker = quarantine_key(item);
+    if case
+        .events
+        .iter()
+        .any(|e| e.comment.as_deref().is_some_and(|c| c.trim() == marker))
+    {
+        return Ok(());
+    }
+    let current = case.status.clone().unwrap_or_default();
+    if current != "SI_INTG_ERROR" {
+        if let Err(e) = ctx
+            .session
+            .patch_case_status(&item.case_id, "SI_INTG_ERROR")
+            .await
+        {
+            if e.status().is_some_and(|s| (400..500).contains(&s)) {
+                // The hub refuses the transition (e.g. a closed case): the event still tells.
+                tracing::warn!(subscription = %ctx.name, case_id = %item.case_id, status = %current,
+                    error = %e, "the hub refuses SI_INTG_ERROR for this case; posting the event only");
+            } else {
+                return Err(ItemError::hub(e, "setting SI_INTG_ERROR"));
+            }
+        }
+    }
+    let mut short = error.to_string();
+    crate::hubee::model::truncate_chars(&mut short, 400);
+    let event = NewEvent {
+        action_type: "STATUS_UPDATE".into(),
+        notification: true,
+        author: Some(ctx.author.clone()),
+        message: Some(format!(
+            "Intégration impossible dans le logiciel du service instructeur : {short}"
+        )),
+        comment: Some(marker),
+        case_current_status: Some(current),
+        case_new_status: Some("SI_INTG_ERROR".into()),
+        attachments: Vec::new(),
+    };
+    match ctx.session.post_event(&item.case_id, &event).await {
+        Ok(_) => Ok(()),
+        // A lost answer: the next attempt looks for the marker before posting again.
+        Err(e) => Err(ItemError::hub(e, "posting the SI_INTG_ERROR event")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(attempts: i64, age_s: i64) -> (Failure, i64) {
+        let now = 1_000_000_000;
+        (
+            Failure {
+                attempts,
+                first_at_ms: now - age_s * 1000,
+                last_error: "x".into(),
+            },
+            now,
+        )
+    }
+
+    #[test]
+    fn first_failure_is_retried_with_its_notification() {
+        let (x, now) = f(1, 0);
+        assert_eq!(verdict(&x, now, Duration::from_secs(60)), Verdict::Retry);
+    }
+
+    #[test]
+    fn repeated_failure_is_parked() {
+        let (x, now) = f(2, 10);
+        assert_eq!(verdict(&x, now, Duration::from_secs(60)), Verdict::Park);
+    }
+
+    #[test]
+    fn quarantine_needs_both_the_delay_and_three_cycles() {
+        let (x, now) = f(2, 3600);
+        assert_eq!(verdict(&x, now, Duration::from_secs(60)), Verdict::Park);
+        let (x, now) = f(10, 30);
+        assert_eq!(verdict(&x, now, Duration::from_secs(60)), Verdict::Park);
+        let (x, now) = f(3, 60);
+        assert_eq!(
+            verdict(&x, now, Duration::from_secs(60)),
+            Verdict::Quarantine
+        );
+    }
+}
