@@ -93,6 +93,11 @@ impl World {
 
     /// Writes the config; `extra_hub` adds lines to [hub].
     pub fn write_config(&self, extra_hub: &str) {
+        self.write_config_with(extra_hub, "");
+    }
+
+    /// Writes the config; `extra_hub` adds lines to [hub], `extra_sub` to the subscription.
+    pub fn write_config_with(&self, extra_hub: &str, extra_sub: &str) {
         let d = self.dir.path().display();
         let toml = format!(
             r#"[hub]
@@ -115,6 +120,7 @@ client_id = "{CLIENT}"
 client_secret_file = "{d}/secret"
 schedule = "every 5m"
 spool = "{d}/spool/certdc"
+{extra_sub}
 "#,
             api = self.hub.api_url(),
             token = self.hub.token_url(),
