@@ -11,7 +11,8 @@ use crate::config::{Delivery, Schedule, Settings, StateUrl, Subscription};
 use crate::deliver::Spool;
 use crate::hubee::{HubClient, HubConfig, RetryPolicy};
 use crate::state::{Location, StateDb};
-use crate::sync::{run_cycle, CycleReport, Shutdown, SubscriptionCtx};
+use crate::sync::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};
+use std::sync::Arc;
 
 /// Exit codes (CONTRACT, "Exit codes and errors").
 pub const EXIT_OK: u8 = 0;
@@ -66,6 +67,7 @@ pub fn subscription_ctx(
     client: &HubClient,
     state: &StateDb,
     shutdown: Shutdown,
+    progress: Arc<Progress>,
 ) -> Result<SubscriptionCtx, String> {
     let secret = sub
         .secret
@@ -94,6 +96,7 @@ pub fn subscription_ctx(
         author: settings.hub.editor_name.clone(),
         shutdown,
         quarantine_after: sub.quarantine_after,
+        progress,
     })
 }
 
@@ -180,8 +183,16 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
     let holder = holder_description("once");
     let mut all_ok = true;
     let mut ctxs = Vec::new();
+    let progress = Arc::new(Progress::default());
     for sub in chosen {
-        match subscription_ctx(&settings, sub, &client, &state, Shutdown::never()) {
+        match subscription_ctx(
+            &settings,
+            sub,
+            &client,
+            &state,
+            Shutdown::never(),
+            progress.clone(),
+        ) {
             Ok(c) => ctxs.push(c),
             Err(e) => {
                 tracing::error!(subscription = %sub.name, error = %e, "subscription cannot run");
@@ -191,11 +202,16 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
             }
         }
     }
+    let display = show_progress().then(|| tokio::spawn(render_progress(progress.clone())));
     let reports: Vec<CycleReport> = stream::iter(ctxs.iter())
         .map(|ctx| run_cycle(ctx, &holder))
         .buffer_unordered(PARALLEL_SUBSCRIPTIONS)
         .collect()
         .await;
+    if let Some(d) = display {
+        d.abort();
+        eprint!("\r\x1b[2K");
+    }
     for r in &reports {
         print_report(r);
         all_ok &= r.ok();
@@ -328,4 +344,89 @@ pub async fn status(settings: Settings, json: bool) -> ExitCode {
         }
     }
     ExitCode::from(if healthy { EXIT_OK } else { EXIT_FAILURE })
+}
+
+/// Progress only for a person at a terminal: not under systemd (journald), not in a pipe.
+fn show_progress() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("JOURNAL_STREAM").is_none()
+}
+
+/// One status line, rewritten in place on stderr: entries received and bytes so far.
+async fn render_progress(p: Arc<Progress>) {
+    use std::sync::atomic::Ordering;
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        let entries = p.entries.load(Ordering::Relaxed);
+        let mb = p.bytes.load(Ordering::Relaxed) as f64 / 1_048_576.0;
+        eprint!("\r\x1b[2K{entries} dossier(s) reçu(s), {mb:.1} Mo téléchargés");
+    }
+}
+
+/// `redeliver --subscription NAME --case ID`: a new entry for a case, nothing on the hub.
+pub async fn redeliver(settings: Settings, subscription: &str, case_id: &str) -> ExitCode {
+    let Some(sub) = settings
+        .subscriptions
+        .iter()
+        .find(|s| s.name == subscription)
+    else {
+        eprintln!(
+            "no subscription named {subscription:?} in {}",
+            settings.source.display()
+        );
+        return ExitCode::from(EXIT_USAGE);
+    };
+    let state = match StateDb::open(&state_location(&settings)).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let client = match HubClient::new(hub_config(&settings)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let ctx = match subscription_ctx(
+        &settings,
+        sub,
+        &client,
+        &state,
+        Shutdown::never(),
+        Arc::default(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let lock = match state
+        .lock_subscription(&sub.name, &holder_description("redeliver"))
+        .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let outcome = crate::sync::redeliver::redeliver(&ctx, case_id).await;
+    state.clear_holder(&sub.name).await;
+    lock.release().await;
+    state.close().await;
+    match outcome {
+        Ok(entry) => {
+            println!("{subscription}: case {case_id} published again as {entry} (nothing changed on the hub)");
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("{subscription}: cannot redeliver case {case_id}: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }

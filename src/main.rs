@@ -46,6 +46,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch a case again by id and publish it as a new entry; touches nothing on the hub.
+    Redeliver {
+        #[arg(long, value_name = "NAME")]
+        subscription: String,
+        /// The case id (caseId in case.json / manifest.json).
+        #[arg(long = "case", value_name = "ID")]
+        case_id: String,
+    },
 }
 
 fn init_logging(format: LogFormat) {
@@ -99,6 +107,10 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Once { subscriptions } => app::once(settings, &subscriptions).await,
             Command::Status { json } => app::status(settings, json).await,
+            Command::Redeliver {
+                subscription,
+                case_id,
+            } => app::redeliver(settings, &subscription, &case_id).await,
             Command::Validate => unreachable!("handled above"),
         }
     })

@@ -456,3 +456,47 @@ async fn status_reports_counts_and_exits_1_when_failing() {
     assert!(out.contains("regenerate the secret"), "{out}");
     assert!(!out.contains("revoked"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redeliver_publishes_a_new_entry_and_touches_nothing_on_the_hub() {
+    let w = World::new().await;
+    let case = w.add_case(1, 2, 5000);
+    let (code, _, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        !err.contains("dossier(s) reçu(s)"),
+        "no progress line in a pipe: {err}"
+    );
+    // The consumer lost the entry.
+    let first = w.entries("new").remove(0);
+    std::fs::remove_dir_all(w.spool().join("new").join(&first)).unwrap();
+    let before = w.hub.requests().len();
+    let (code, out, err) = w
+        .run(&["redeliver", "--subscription", "certdc", "--case", &case])
+        .await;
+    assert_eq!(code, 0, "{out}{err}");
+    let entries = w.entries("new");
+    assert_eq!(entries.len(), 1);
+    assert!(
+        entries[0].contains(&case) && entries[0].contains("redelivery"),
+        "{entries:?}"
+    );
+    assert!(sha256sum_check(&w.spool().join("new").join(&entries[0])));
+    let after: Vec<_> = w.hub.requests().into_iter().skip(before).collect();
+    assert!(
+        after
+            .iter()
+            .all(|r| r.method == "GET" || r.route == Some(Route::Token)),
+        "only reads: {:?}",
+        after
+            .iter()
+            .map(|r| (&r.method, &r.path))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(w.receipt_events(&case).len(), 1);
+
+    let (code, _, err) = w
+        .run(&["redeliver", "--subscription", "nope", "--case", &case])
+        .await;
+    assert_eq!(code, 64, "{err}");
+}

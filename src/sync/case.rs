@@ -114,6 +114,7 @@ pub async fn deliver_case(
                     notification_id,
                     case_raw: &raw,
                     event_raw: None,
+                    event_id: None,
                     attachments: &case.attachments,
                 };
                 match entry::publish(ctx, src).await? {

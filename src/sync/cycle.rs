@@ -36,6 +36,26 @@ pub struct SubscriptionCtx {
     pub shutdown: Shutdown,
     /// How long an item may keep failing before it is quarantined.
     pub quarantine_after: Duration,
+    /// Counters for a progress display (shared by every subscription of a run).
+    pub progress: std::sync::Arc<Progress>,
+}
+
+/// What has been received so far, for `once` on a terminal.
+#[derive(Debug, Default)]
+pub struct Progress {
+    pub entries: std::sync::atomic::AtomicU64,
+    pub bytes: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn add_bytes(&self, n: u64) {
+        self.bytes
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+    pub fn add_entry(&self) {
+        self.entries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A stop signal shared by every cycle of a process.
@@ -527,6 +547,7 @@ pub async fn publish_recorded(
     {
         PublishOutcome::Published(path) => {
             ctx.state.advance(&row.key, Stage::Published).await?;
+            ctx.progress.add_entry();
             tracing::info!(
                 subscription = %ctx.name, case_id = %row.key.case_id, external_id = %row.external_id,
                 entry = %path.display(), "télédossier published in the spool"

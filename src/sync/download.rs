@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::deliver::{PendingEntry, WrittenFile};
 use crate::hubee::{Download, HubError, HubSession};
 
-use super::cycle::Shutdown;
+use super::cycle::{Progress, Shutdown};
 
 /// Which file to fetch.
 pub struct FileRef<'a> {
@@ -66,12 +66,13 @@ pub async fn fetch_verified(
     attempts: u32,
     base_delay: Duration,
     shutdown: &Shutdown,
+    progress: &Progress,
 ) -> Result<WrittenFile, DownloadError> {
     let mut tries = 0;
     loop {
         tries += 1;
         let attempt = tokio::select! {
-            r = fetch_once(session, entry, file) => r,
+            r = fetch_once(session, entry, file, progress) => r,
             _ = shutdown.requested() => Err(DownloadError::Cancelled),
         };
         match attempt {
@@ -103,6 +104,7 @@ async fn fetch_once(
     session: &HubSession,
     entry: &PendingEntry,
     file: &FileRef<'_>,
+    progress: &Progress,
 ) -> Result<WrittenFile, DownloadError> {
     let aid = file.attachment_id.to_string();
     let mut dl: Download = match file.event_id {
@@ -159,6 +161,7 @@ async fn fetch_once(
             });
         }
         writer.write(&chunk).await.map_err(spool_err)?;
+        progress.add_bytes(chunk.len() as u64);
     }
     if got != file.expected_size {
         return Err(DownloadError::SizeMismatch {

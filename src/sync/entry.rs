@@ -23,6 +23,8 @@ pub struct EntrySource<'a> {
     pub case_raw: &'a [u8],
     /// `event.json` for an event entry.
     pub event_raw: Option<&'a [u8]>,
+    /// The OSL event whose files these are (downloads use the event's endpoint), if any.
+    pub event_id: Option<&'a str>,
     pub attachments: &'a [Attachment],
 }
 
@@ -188,7 +190,7 @@ async fn fill(
         listed.push(ma);
     }
     let pending_ref: &PendingEntry = pending;
-    let event_id = (!src.key.event_id.is_empty()).then_some(src.key.event_id.as_str());
+    let event_id = src.event_id;
     let case_id = src.key.case_id.as_str();
     let results: Vec<(usize, WrittenFile)> = stream::iter(jobs)
         .map(|(idx, rel, aid, size)| async move {
@@ -206,6 +208,7 @@ async fn fill(
                 ctx.download_attempts,
                 ctx.retry_base_delay,
                 &ctx.shutdown,
+                &ctx.progress,
             )
             .await?;
             Ok::<_, ItemError>((idx, w))

@@ -84,6 +84,7 @@ pub async fn deliver_event(
                     notification_id,
                     case_raw: &case_raw,
                     event_raw: Some(&ev_raw),
+                    event_id: Some(event_id),
                     attachments: &ev.attachments,
                 };
                 match entry::publish(ctx, src).await? {

@@ -15,5 +15,6 @@ pub mod entry;
 pub mod event;
 pub mod park;
 pub mod plan;
+pub mod redeliver;
 
-pub use cycle::{run_cycle, CycleReport, Shutdown, SubscriptionCtx};
+pub use cycle::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};
