@@ -10,6 +10,8 @@
 pub mod app;
 pub mod config;
 pub mod deliver;
+pub mod events;
 pub mod hubee;
 pub mod state;
 pub mod sync;
+pub mod systemd;

@@ -86,8 +86,7 @@ pub async fn deliver_case(
         .and_then(|s| s.parse::<CaseStatus>().ok());
     let round = decide_round(latest.as_ref(), status);
     if latest.as_ref().is_some_and(|l| l.key.round < round) {
-        tracing::info!(subscription = %ctx.name, case_id, round,
-            "the case was reopened by the online service: delivering it again as a new round");
+        crate::events::reopened(&ctx.name, case_id, round);
     }
     let key = DeliveryKey {
         subscription: ctx.name.clone(),

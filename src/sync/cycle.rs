@@ -197,8 +197,17 @@ pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
         }
     };
     if let Err(e) = cycle_locked(ctx, &mut report).await {
+        crate::events::cycle_failed(&ctx.name, &e);
         report.fatal = Some(e);
     }
+    crate::events::cycle_done(
+        &ctx.name,
+        report.received,
+        report.acknowledged,
+        report.failures.len(),
+        report.parked,
+        report.quarantined,
+    );
     let outcome_error = report.fatal.clone().or_else(|| {
         report.failures.first().map(|f| {
             format!(
@@ -240,10 +249,12 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
     }
 
     // 2. Credentials first: a refused secret is one clear error, not one per case.
-    ctx.session
-        .authenticate()
-        .await
-        .map_err(|e| e.to_string())?;
+    if let Err(e) = ctx.session.authenticate().await {
+        if e.is_auth() {
+            crate::events::auth_failed(&ctx.name, &e.to_string());
+        }
+        return Err(e.to_string());
+    }
 
     // 3. Batches until a short one (PROTOCOL §8.1).
     let mut attempted: HashSet<String> = HashSet::new();
@@ -394,8 +405,12 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                     report.received += 1;
                 }
                 let _ = ctx.state.clear_failure(&ctx.name, &p.item).await;
-                tracing::info!(subscription = %ctx.name, case_id = %p.item.case_id, event_id = %p.item.event_id,
-                    "parked télédossier delivered after {} failed cycle(s)", p.failure.attempts);
+                crate::events::unparked(
+                    &ctx.name,
+                    &p.item.case_id,
+                    &p.item.event_id,
+                    p.failure.attempts,
+                );
             }
             Err(e) if e.is_cancelled() => return Ok(()),
             Err(e) => {
@@ -470,9 +485,13 @@ async fn after_failure(
     e: &ItemError,
 ) -> Result<bool, String> {
     let msg = e.to_string();
-    tracing::error!(subscription = %ctx.name, case_id = %item.case_id, event_id = %item.event_id,
-        notification_id = item.notification_id.as_deref().unwrap_or(""), error = %msg,
-        "télédossier not delivered this cycle; it will be retried");
+    crate::events::item_failed(
+        &ctx.name,
+        &item.case_id,
+        &item.event_id,
+        item.notification_id.as_deref().unwrap_or(""),
+        &msg,
+    );
     let f = ctx
         .state
         .record_failure(&ctx.name, item, &msg)
@@ -491,9 +510,7 @@ async fn after_failure(
                 .await
                 .map_err(|e| e.to_string())?;
             report.parked += 1;
-            tracing::warn!(subscription = %ctx.name, case_id = %item.case_id, event_id = %item.event_id,
-                attempts = f.attempts, error = %msg,
-                "télédossier parked: recorded as owed and retried every cycle; its notification is deleted so the queue behind it moves");
+            crate::events::parked(&ctx.name, &item.case_id, &item.event_id, f.attempts, &msg);
             delete_if_present(ctx, item).await;
             Ok(true)
         }
@@ -548,9 +565,12 @@ pub async fn publish_recorded(
         PublishOutcome::Published(path) => {
             ctx.state.advance(&row.key, Stage::Published).await?;
             ctx.progress.add_entry();
-            tracing::info!(
-                subscription = %ctx.name, case_id = %row.key.case_id, external_id = %row.external_id,
-                entry = %path.display(), "télédossier published in the spool"
+            crate::events::published(
+                &ctx.name,
+                &row.key.case_id,
+                &row.external_id,
+                &row.key.event_id,
+                &path.display().to_string(),
             );
             Ok(())
         }
@@ -577,9 +597,10 @@ pub async fn publish_recorded(
 }
 
 pub(crate) fn log_acknowledged(ctx: &SubscriptionCtx, row: &DeliveryRow) {
-    tracing::info!(
-        subscription = %ctx.name, case_id = %row.key.case_id, external_id = %row.external_id,
-        notification_id = row.notification_id.as_deref().unwrap_or(""),
-        "télédossier acknowledged on the hub"
+    crate::events::acknowledged(
+        &ctx.name,
+        &row.key.case_id,
+        &row.external_id,
+        row.notification_id.as_deref().unwrap_or(""),
     );
 }

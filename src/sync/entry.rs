@@ -97,9 +97,11 @@ pub async fn publish(
         }
     }
     if let Some(attachment_id) = precheck(src.attachments)? {
-        tracing::info!(
-            subscription = %ctx.name, case_id = %src.key.case_id, external_id = %src.external_id,
-            attachment_id = %attachment_id, "an attachment is still PENDING on the hub; waiting for it"
+        crate::events::waiting(
+            &ctx.name,
+            &src.key.case_id,
+            &src.external_id,
+            &attachment_id,
         );
         return Ok(Publication::Waiting { attachment_id });
     }

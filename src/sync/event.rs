@@ -93,11 +93,6 @@ pub async fn deliver_event(
                 }
             }
         }
-        tracing::info!(subscription = %ctx.name, case_id, event_id, action_type = %action,
-            "event from the online service delivered");
-    } else {
-        tracing::info!(subscription = %ctx.name, case_id, event_id, action_type = %action,
-            "informational event acknowledged without an entry");
     }
     if action == "STATUS_UPDATE" && is_reopening(ev.case_new_status.as_deref()) {
         // The reopened case is delivered again before the event is acknowledged.
@@ -114,6 +109,13 @@ pub async fn deliver_event(
     if carries_something(&action) {
         ctx.state.record_receipt_done(&key, None).await?;
     }
+    crate::events::event_received(
+        &ctx.name,
+        case_id,
+        event_id,
+        &action,
+        carries_something(&action),
+    );
     Ok(outcome)
 }
 

@@ -101,11 +101,14 @@ pub async fn quarantine(
     }
     let path_s = path.display().to_string();
     ctx.state.quarantine(&ctx.name, item, Some(&path_s)).await?;
-    tracing::error!(
-        subscription = %ctx.name, case_id = %item.case_id, external_id = %external_id,
-        event_id = %item.event_id, attempts = failure.attempts, path = %path_s,
-        error = %failure.last_error,
-        "télédossier quarantined after failing since {since}: set to SI_INTG_ERROR on the hub; a person must look at it"
+    crate::events::quarantined(
+        &ctx.name,
+        &item.case_id,
+        &external_id,
+        &item.event_id,
+        failure.attempts,
+        &path_s,
+        &failure.last_error,
     );
     Ok(path_s)
 }

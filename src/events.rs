@@ -1,0 +1,182 @@
+//! Typed log events (vector's `internal_events` habit): each notable thing that happens is
+//! logged in exactly one place, with its structured fields and a stable `MESSAGE_ID`, so
+//! that `journalctl MESSAGE_ID=…` finds every occurrence. Field names become journal fields:
+//! SUBSCRIPTION, CASE_ID, EXTERNAL_ID, NOTIFICATION_ID, EVENT_ID, ATTACHMENT_ID.
+
+/// Stable identifiers of each kind of event (128-bit, as journald wants them).
+pub mod id {
+    /// A télédossier (or an event, or a reopened round) was published in the spool.
+    pub const PUBLISHED: &str = "ae312785c5c84cf7847bc3e825b62a19";
+    /// A notification was deleted on the hub after its work was durably done.
+    pub const ACKNOWLEDGED: &str = "5fa4ee0bfd414fe885bf56a408223cdb";
+    /// An OSL event (message, status change, deposit) was delivered and acknowledged.
+    pub const EVENT_RECEIVED: &str = "6ce3e1b949a84011bef51fe7b696adf8";
+    /// An item failed this cycle and will be retried.
+    pub const ITEM_FAILED: &str = "9e041376b1ab49efb2c2b639093e8bdb";
+    /// An item was parked: owed in the state database, its notification deleted.
+    pub const PARKED: &str = "288bbb34b6ff4658a68dc353eac28841";
+    /// An item was quarantined: a person must look at it.
+    pub const QUARANTINED: &str = "025460f694604647af7f154283717a4f";
+    /// The hub refused a subscription's credentials.
+    pub const AUTH_FAILED: &str = "6d40f8a9b83342238c5b556b8e6fee72";
+    /// A whole cycle failed (hub unreachable, spool or state database unusable).
+    pub const CYCLE_FAILED: &str = "34dc9522fb814e3cac86670a402d1311";
+    /// A case was reopened by the OSL and is delivered again as a new round.
+    pub const REOPENED: &str = "43c17cf18a9d4791ae60ac8da0df150a";
+    /// A case waits for an attachment still PENDING on the hub.
+    pub const WAITING: &str = "fe6c8edc0c9a4c40883f32d73180d1cb";
+    /// A parked item was finally delivered.
+    pub const UNPARKED: &str = "16c57a9ad1114e2d95800a80f981d4b2";
+    /// A cycle ended (counts).
+    pub const CYCLE_DONE: &str = "dd54c50d635f4aa7acb0dded189c24e6";
+}
+
+pub fn published(sub: &str, case_id: &str, external_id: &str, event_id: &str, entry: &str) {
+    tracing::info!(
+        message_id = id::PUBLISHED,
+        subscription = sub,
+        case_id,
+        external_id,
+        event_id,
+        entry,
+        "télédossier published in the spool"
+    );
+}
+
+pub fn acknowledged(sub: &str, case_id: &str, external_id: &str, notification_id: &str) {
+    tracing::info!(
+        message_id = id::ACKNOWLEDGED,
+        subscription = sub,
+        case_id,
+        external_id,
+        notification_id,
+        "notification acknowledged (deleted) on the hub"
+    );
+}
+
+pub fn event_received(
+    sub: &str,
+    case_id: &str,
+    event_id: &str,
+    action_type: &str,
+    with_entry: bool,
+) {
+    tracing::info!(
+        message_id = id::EVENT_RECEIVED,
+        subscription = sub,
+        case_id,
+        event_id,
+        action_type,
+        with_entry,
+        "event from the online service acknowledged RECEIVED"
+    );
+}
+
+pub fn item_failed(sub: &str, case_id: &str, event_id: &str, notification_id: &str, error: &str) {
+    tracing::error!(
+        message_id = id::ITEM_FAILED,
+        subscription = sub,
+        case_id,
+        event_id,
+        notification_id,
+        error,
+        "télédossier not delivered this cycle; it will be retried"
+    );
+}
+
+pub fn parked(sub: &str, case_id: &str, event_id: &str, attempts: i64, error: &str) {
+    tracing::warn!(message_id = id::PARKED, subscription = sub, case_id, event_id, attempts, error,
+        "télédossier parked: recorded as owed and retried every cycle; its notification is deleted so the queue behind it moves");
+}
+
+pub fn unparked(sub: &str, case_id: &str, event_id: &str, attempts: i64) {
+    tracing::info!(
+        message_id = id::UNPARKED,
+        subscription = sub,
+        case_id,
+        event_id,
+        attempts,
+        "parked télédossier delivered"
+    );
+}
+
+pub fn quarantined(
+    sub: &str,
+    case_id: &str,
+    external_id: &str,
+    event_id: &str,
+    attempts: i64,
+    path: &str,
+    error: &str,
+) {
+    tracing::error!(
+        message_id = id::QUARANTINED,
+        subscription = sub,
+        case_id,
+        external_id,
+        event_id,
+        attempts,
+        path,
+        error,
+        "télédossier quarantined: set to SI_INTG_ERROR on the hub; a person must look at it"
+    );
+}
+
+pub fn auth_failed(sub: &str, error: &str) {
+    tracing::error!(
+        message_id = id::AUTH_FAILED,
+        subscription = sub,
+        error,
+        "the hub refused this subscription's credentials"
+    );
+}
+
+pub fn cycle_failed(sub: &str, error: &str) {
+    tracing::error!(
+        message_id = id::CYCLE_FAILED,
+        subscription = sub,
+        error,
+        "cycle stopped; the subscription is retried at its next cycle"
+    );
+}
+
+pub fn reopened(sub: &str, case_id: &str, round: i64) {
+    tracing::info!(
+        message_id = id::REOPENED,
+        subscription = sub,
+        case_id,
+        round,
+        "case reopened by the online service: delivering it again as a new round"
+    );
+}
+
+pub fn waiting(sub: &str, case_id: &str, external_id: &str, attachment_id: &str) {
+    tracing::info!(
+        message_id = id::WAITING,
+        subscription = sub,
+        case_id,
+        external_id,
+        attachment_id,
+        "an attachment is still PENDING on the hub; the case waits for it"
+    );
+}
+
+pub fn cycle_done(
+    sub: &str,
+    received: usize,
+    acknowledged: usize,
+    failed: usize,
+    parked: usize,
+    quarantined: usize,
+) {
+    tracing::info!(
+        message_id = id::CYCLE_DONE,
+        subscription = sub,
+        received,
+        acknowledged,
+        failed,
+        parked,
+        quarantined,
+        "cycle done"
+    );
+}
