@@ -139,6 +139,10 @@ pub fn load_or_report(path: &std::path::Path) -> Result<Settings, ExitCode> {
 
 /// `once`: one complete cycle of every (or the named) subscription.
 pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
+    if let Err(e) = refuse_root_on_service_state(&settings) {
+        eprintln!("{e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     for name in only {
         if !settings.subscriptions.iter().any(|s| &s.name == name) {
             eprintln!(
@@ -256,6 +260,10 @@ fn print_report(r: &CycleReport) {
 
 /// `status [--json]`: 0 healthy, 1 failing or overdue.
 pub async fn status(settings: Settings, json: bool) -> ExitCode {
+    if let Err(e) = refuse_root_on_service_state(&settings) {
+        eprintln!("{e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let state = match StateDb::open(&state_location(&settings)).await {
         Ok(s) => s,
         Err(e) => {
@@ -366,6 +374,10 @@ async fn render_progress(p: Arc<Progress>) {
 
 /// `redeliver --subscription NAME --case ID`: a new entry for a case, nothing on the hub.
 pub async fn redeliver(settings: Settings, subscription: &str, case_id: &str) -> ExitCode {
+    if let Err(e) = refuse_root_on_service_state(&settings) {
+        eprintln!("{e}");
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let Some(sub) = settings
         .subscriptions
         .iter()
@@ -429,4 +441,235 @@ pub async fn redeliver(settings: Settings, subscription: &str, case_id: &str) ->
             ExitCode::from(EXIT_FAILURE)
         }
     }
+}
+
+/// One line of `check`.
+struct CheckLine {
+    ok: bool,
+    what: String,
+    detail: String,
+}
+
+impl CheckLine {
+    fn print(&self) {
+        let mark = if self.ok { "✓" } else { "✗" };
+        if self.detail.is_empty() {
+            println!("{mark} {}", self.what);
+        } else {
+            println!("{mark} {}: {}", self.what, self.detail);
+        }
+    }
+}
+
+/// `check`: `validate`, then every subscription's credentials, state database, delivery
+/// target and spool, and the SMTP server; one line per check; 0 when all pass, else 1.
+pub async fn check(path: &std::path::Path) -> ExitCode {
+    let settings = match crate::config::load(path) {
+        Ok(s) => {
+            println!("✓ configuration {}: valid", path.display());
+            s
+        }
+        Err(errors) => {
+            println!("✗ configuration {}: invalid", path.display());
+            for e in &errors.0 {
+                println!("    {e}");
+            }
+            return ExitCode::from(EXIT_CONFIG);
+        }
+    };
+    let mut lines = Vec::new();
+    if let Err(e) = refuse_root_on_service_state(&settings) {
+        lines.push(CheckLine {
+            ok: false,
+            what: "user".into(),
+            detail: e,
+        });
+    }
+    let state = match StateDb::open(&state_location(&settings)).await {
+        Ok(s) => {
+            lines.push(CheckLine {
+                ok: true,
+                what: format!("state database {}", s.place()),
+                detail: "opened, schema up to date".into(),
+            });
+            Some(s)
+        }
+        Err(e) => {
+            lines.push(CheckLine {
+                ok: false,
+                what: "state database".into(),
+                detail: e.to_string(),
+            });
+            None
+        }
+    };
+    let client = match HubClient::new(hub_config(&settings)) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            lines.push(CheckLine {
+                ok: false,
+                what: "HTTP client".into(),
+                detail: e.to_string(),
+            });
+            None
+        }
+    };
+    if settings.subscriptions.is_empty() {
+        lines.push(CheckLine {
+            ok: true,
+            what: "subscriptions".into(),
+            detail: format!("none configured; add a [[subscription]] to {} (or a file in its include directory)", path.display()),
+        });
+    }
+    for sub in &settings.subscriptions {
+        let who = format!("subscription {}", sub.name);
+        let secret = match sub.secret.load() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                lines.push(CheckLine {
+                    ok: false,
+                    what: format!("{who}: secret"),
+                    detail: e.to_string(),
+                });
+                None
+            }
+        };
+        if let (Some(secret), Some(client)) = (&secret, &client) {
+            let session = client.session(&sub.client_id, secret.expose());
+            match session.authenticate().await {
+                Ok(()) => lines.push(CheckLine { ok: true, what: format!("{who}: token"), detail: format!("the hub accepts client_id {}", sub.client_id) }),
+                Err(e) if e.is_auth() => lines.push(CheckLine {
+                    ok: false,
+                    what: format!("{who}: token"),
+                    detail: format!(
+                        "the hub refused client_id {}; regenerate the secret in the HubEE portal (Gestion des abonnements) and update {}",
+                        sub.client_id,
+                        secret_place(&sub.secret)
+                    ),
+                }),
+                Err(e) => lines.push(CheckLine { ok: false, what: format!("{who}: token"), detail: e.to_string() }),
+            }
+        }
+        match &sub.delivery {
+            Delivery::Spool { path, group } => match Spool::open(path, group.as_deref()) {
+                Ok(_) => lines.push(CheckLine { ok: true, what: format!("{who}: spool {}", path.display()), detail: "writable".into() }),
+                Err(e) => lines.push(CheckLine { ok: false, what: format!("{who}: spool {}", path.display()), detail: e.to_string() }),
+            },
+            Delivery::Database { .. } => lines.push(CheckLine {
+                ok: false,
+                what: format!("{who}: delivery"),
+                detail: "delivery = \"database\" is not available in this version; use delivery = \"spool\"".into(),
+            }),
+        }
+    }
+    if let Some(email) = &settings.email {
+        lines.push(check_smtp(email.smtp_url.expose()).await);
+    }
+    if let Some(s) = state {
+        s.close().await;
+    }
+    let mut ok = true;
+    for l in &lines {
+        l.print();
+        ok &= l.ok;
+    }
+    ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILURE })
+}
+
+fn secret_place(s: &crate::config::SecretSource) -> String {
+    match s {
+        crate::config::SecretSource::File(p) => p.display().to_string(),
+        crate::config::SecretSource::Inline(_) => "client_secret in the configuration".into(),
+        crate::config::SecretSource::Credential { name } => {
+            format!("the systemd credential {name} (LoadCredential=), then restart the service")
+        }
+    }
+}
+
+/// Reaches the SMTP server: a TCP connection and its 220 greeting.
+async fn check_smtp(url: &str) -> CheckLine {
+    use tokio::io::AsyncReadExt;
+    let what = format!("SMTP server {}", crate::state::redact(url));
+    let Ok(u) = url::Url::parse(url) else {
+        return CheckLine {
+            ok: false,
+            what,
+            detail: "smtp_url is not a URL; fix [email] smtp_url".into(),
+        };
+    };
+    let host = u.host_str().unwrap_or("localhost").to_string();
+    let port = u
+        .port()
+        .unwrap_or(if u.scheme() == "smtps" { 465 } else { 25 });
+    let connect = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await;
+    match connect {
+        Ok(Ok(mut stream)) => {
+            if u.scheme() == "smtps" {
+                return CheckLine {
+                    ok: true,
+                    what,
+                    detail: format!("{host}:{port} accepts connections (TLS)"),
+                };
+            }
+            let mut buf = [0u8; 512];
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+                Ok(Ok(n)) if buf[..n].starts_with(b"220") => CheckLine { ok: true, what, detail: format!("{host}:{port} greets with 220") },
+                _ => CheckLine { ok: false, what, detail: format!("{host}:{port} accepted the connection but did not greet as an SMTP server; check [email] smtp_url") },
+            }
+        }
+        Ok(Err(e)) => CheckLine {
+            ok: false,
+            what,
+            detail: format!(
+                "cannot connect to {host}:{port}: {e}; check [email] smtp_url and the firewall"
+            ),
+        },
+        Err(_) => CheckLine {
+            ok: false,
+            what,
+            detail: format!(
+                "no answer from {host}:{port} within 10 s; check [email] smtp_url and the firewall"
+            ),
+        },
+    }
+}
+
+/// Run by hand as root on a state directory owned by the service user, we would leave
+/// root-owned files behind that the service then cannot write: refuse and say what to do.
+pub fn refuse_root_on_service_state(settings: &Settings) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    let StateUrl::Sqlite(db) = &settings.state.url else {
+        return Ok(());
+    };
+    let Some(dir) = db.parent() else {
+        return Ok(());
+    };
+    match std::fs::metadata(dir) {
+        Ok(m) if m.uid() != 0 => {
+            let owner = user_name(m.uid()).unwrap_or_else(|| m.uid().to_string());
+            Err(format!(
+                "the state directory {} belongs to {owner}, and you are root: run the command as that user (sudo -u {owner} hubee-sync …) so that no root-owned file is left behind",
+                dir.display()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next();
+        (f.next()?.parse::<u32>().ok()? == uid).then(|| name.to_string())
+    })
 }

@@ -41,6 +41,8 @@ enum Command {
     },
     /// Read and check the configuration; report every error at once.
     Validate,
+    /// `validate`, then credentials, state database, spools and SMTP: one line per check.
+    Check,
     /// Per subscription, from the state database: last poll, counts, last error.
     Status {
         #[arg(long)]
@@ -88,10 +90,6 @@ fn main() -> ExitCode {
     if let Command::Validate = cli.command {
         return app::validate(&path);
     }
-    let settings = match app::load_or_report(&path) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -103,6 +101,13 @@ fn main() -> ExitCode {
             return ExitCode::from(app::EXIT_FAILURE);
         }
     };
+    if let Command::Check = cli.command {
+        return rt.block_on(app::check(&path));
+    }
+    let settings = match app::load_or_report(&path) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     rt.block_on(async move {
         match cli.command {
             Command::Once { subscriptions } => app::once(settings, &subscriptions).await,
@@ -111,7 +116,7 @@ fn main() -> ExitCode {
                 subscription,
                 case_id,
             } => app::redeliver(settings, &subscription, &case_id).await,
-            Command::Validate => unreachable!("handled above"),
+            Command::Validate | Command::Check => unreachable!("handled above"),
         }
     })
 }
