@@ -33,8 +33,10 @@ pub fn entry_name(external_id: &str, case_id: &str, event_id: Option<&str>, roun
         String::new()
     };
     let mut external = entry_part(external_id);
-    let mut case = entry_part(case_id);
-    let mut event = event_id.map(entry_part);
+    // Ids must stay distinct after sanitising (`dossier/1` and `dossier_1`): when any
+    // character was replaced, a short hash of the original keeps the name unique.
+    let mut case = id_part(case_id);
+    let mut event = event_id.map(id_part);
 
     let ids_len = |case: &str, event: &Option<String>| {
         case.len() + event.as_ref().map_or(0, |e| 1 + e.len()) + round_suffix.len()
@@ -79,7 +81,26 @@ pub fn entry_name(external_id: &str, case_id: &str, event_id: Option<&str>, roun
         name.pop();
         name.push('_');
     }
+    // `aux.txt~…` would name a device on a Windows share: the stem before the first dot
+    // must not be a reserved name.
+    if is_windows_reserved(&name) {
+        name.insert(0, '_');
+        if name.len() > MAX_NAME_BYTES {
+            name.truncate(MAX_NAME_BYTES);
+        }
+    }
     name
+}
+
+/// An id as an entry part, with a hash of the original when sanitising changed it.
+fn id_part(raw: &str) -> String {
+    let part = entry_part(raw);
+    // A trailing dot would be changed at the end of the name: count it as a change too.
+    if part == raw && !part.ends_with('.') {
+        part
+    } else {
+        format!("{part}-{}", short_hash(raw))
+    }
 }
 
 /// One part of an entry name: ASCII `[A-Za-z0-9._-]`, never empty, never starting with '.'.
@@ -386,13 +407,37 @@ mod tests {
         assert_eq!(entry_name("EXT-1", "abc", Some("ev1"), 0), "EXT-1~abc~ev1");
         assert_eq!(entry_name("EXT-1", "abc", None, 2), "EXT-1~abc~r2");
         assert_eq!(entry_name("EXT-1", "abc", Some("ev"), 3), "EXT-1~abc~ev~r3");
-        assert_eq!(entry_name("a/b c:é", "x~y", None, 0), "a_b_c__~x_y");
-        assert_eq!(entry_name("", "", Some(""), 0), "_~_~_");
-        assert_eq!(entry_name("..", ".", None, 0), "_..~__");
+        // A sanitised id carries a short hash of the original, so ids stay distinct.
+        let h = |s: &str| short_hash(s);
+        assert_eq!(
+            entry_name("a/b c:é", "x~y", None, 0),
+            format!("a_b_c__~x_y-{}", h("x~y"))
+        );
+        assert_ne!(
+            entry_name("E", "dossier/1", None, 0),
+            entry_name("E", "dossier_1", None, 0)
+        );
+        assert_eq!(
+            entry_name("", "", Some(""), 0),
+            format!("_~_-{0}~_-{0}", h(""))
+        );
+        assert_eq!(entry_name("..", ".", None, 0), format!("_..~_.-{}", h(".")));
+        assert_eq!(entry_name("aux.txt", "id", None, 0), "_aux.txt~id");
+        assert_eq!(entry_name("COM1", "id", None, 0), "COM1~id");
         assert_eq!(entry_name("../../etc", "id", None, 0), "_.._.._etc~id");
-        assert_eq!(entry_name("ext", "case.", None, 0), "ext~case_");
+        assert_eq!(
+            entry_name("ext", "case.", None, 0),
+            format!("ext~case.-{}", short_hash("case."))
+        );
+        assert_ne!(
+            entry_name("ext", "case.", None, 0),
+            entry_name("ext", "case_", None, 0)
+        );
         let name = entry_name("\u{0}\n", "a\\b", Some("c/d"), 1);
-        assert_eq!(name, "__~a_b~c_d~r1");
+        assert_eq!(
+            name,
+            format!("__~a_b-{}~c_d-{}~r1", short_hash("a\\b"), short_hash("c/d"))
+        );
     }
 
     #[test]

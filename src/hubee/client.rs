@@ -314,8 +314,12 @@ impl HubSession {
                         })
                         .map(Duration::from_secs)
                         .unwrap_or(DEFAULT_TOKEN_LIFETIME);
-                    // Renew before it runs out: a tenth of its life, at least 30 s, early.
-                    let margin = (lifetime / 10).max(Duration::from_secs(30));
+                    // Renew before it runs out: a tenth of its life, at least 30 s, early; but
+                    // never more than half of it, or a short-lived token would be renewed
+                    // before every call.
+                    let margin = (lifetime / 10)
+                        .max(Duration::from_secs(30))
+                        .min(lifetime / 2);
                     return Ok(Token {
                         value,
                         renew_at: Instant::now() + lifetime.saturating_sub(margin),

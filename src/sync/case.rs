@@ -72,12 +72,25 @@ pub async fn deliver_case(
             .await
             .map_err(|e| ItemError::hub(e, "fetching the case"))?,
     };
-    if let Some(id) = case.id.as_deref() {
-        if id != case_id {
+    // An answer without the case's id (`{}`, `[]`, another case) is not this case: taking
+    // it for a case without files would publish an empty entry and lose the files.
+    match case.id.as_deref() {
+        Some(id) if id == case_id => {}
+        Some(id) => {
             return Err(ItemError::Refused(format!(
                 "the hub returned case {id:?} when asked for case {case_id}"
-            )));
+            )))
         }
+        None => {
+            return Err(ItemError::Refused(format!(
+                "the hub's answer for case {case_id} is not a case (no id); it will be retried"
+            )))
+        }
+    }
+    if case.status.as_deref().is_none_or(|s| s.trim().is_empty()) {
+        return Err(ItemError::Refused(format!(
+            "the hub's answer for case {case_id} has no status; it will be retried"
+        )));
     }
     let latest = ctx.state.latest_case_round(&ctx.name, case_id).await?;
     let status = case

@@ -270,8 +270,23 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
         for n in &batch {
             match plan::decide(n) {
                 Some(p) => planned.push(p),
-                None => tracing::error!(subscription = %ctx.name, notification = ?n,
-                    "the hub sent a notification without an id; it cannot be acknowledged"),
+                None => {
+                    // It cannot be deleted, so it will come back: report it every cycle,
+                    // with its case, so that a person can ask the hub's support.
+                    let case_id = n.case_id.clone();
+                    let e = ItemError::Refused(format!(
+                        "the hub sent a notification without an id (case {}); it cannot be acknowledged — report it to support@hubee.numerique.gouv.fr",
+                        case_id.as_deref().unwrap_or("unknown")
+                    ));
+                    crate::events::item_failed(
+                        &ctx.name,
+                        case_id.as_deref().unwrap_or(""),
+                        "",
+                        "",
+                        &e.to_string(),
+                    );
+                    fail(report, "(none)", case_id.as_deref(), &e);
+                }
             }
         }
         let mut progressed = false;
