@@ -7,7 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 
 use common::{check_new, NewWatcher, World, CLIENT};
-use fake_hubee::{Content, Fault};
+use fake_hubee::{Content, Fault, Route};
 
 /// Sizes mixed in the campaign: empty, a few bytes, 100 KB, 1 MiB.
 const SIZES: [u64; 4] = [0, 7, 100_000, 1024 * 1024];
@@ -233,4 +233,276 @@ async fn twenty_percent_faults_converge_to_the_fault_free_result_seed_2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn twenty_percent_faults_converge_to_the_fault_free_result_seed_3() {
     campaign(3).await;
+}
+
+/// More seeds on demand: `HUBEE_CAMPAIGN_SEEDS=4-40 cargo test --test faults -- --ignored
+/// --nocapture campaign_seed_sweep`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long sweep, run on demand with HUBEE_CAMPAIGN_SEEDS=FROM-TO"]
+async fn campaign_seed_sweep() {
+    let spec = std::env::var("HUBEE_CAMPAIGN_SEEDS").unwrap_or_else(|_| "4-10".into());
+    let (from, to) = spec.split_once('-').expect("FROM-TO");
+    for seed in from.parse::<u64>().unwrap()..=to.parse::<u64>().unwrap() {
+        campaign(seed).await;
+    }
+}
+
+// ------------------------------------------------------------------ targeted faults
+
+/// Runs `once` until it exits 0 (at most `max` runs); returns the number of runs.
+async fn run_until_clean(w: &World, max: usize) -> usize {
+    for run in 1..=max {
+        let (code, out, err) = w.run(&["once"]).await;
+        assert!(
+            code == 0 || code == 1,
+            "run {run}: exit {code}\n{out}\n{err}"
+        );
+        check_new(&w.spool()).unwrap_or_else(|e| panic!("after run {run}: {e}"));
+        if code == 0 {
+            return run;
+        }
+    }
+    panic!("no clean run in {max} runs");
+}
+
+fn small_cases(w: &World, count: usize) -> Expected {
+    (0..count)
+        .map(|n| {
+            let files: Vec<(String, Content)> = (0..1 + n % 2)
+                .map(|i| {
+                    (
+                        format!("acte-{n}-{i}.pdf"),
+                        Content::Generated {
+                            size: 3000 + 1000 * i as u64,
+                            seed: (n * 10 + i) as u64,
+                        },
+                    )
+                })
+                .collect();
+            let id = w.add_files_case(&format!("DGS-CERTDC-{n:013}-02"), &files);
+            (id, files)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reset_after_effect_on_every_route_never_duplicates() {
+    let routes = [
+        Route::Token,
+        Route::ListNotifications,
+        Route::GetCase,
+        Route::GetAttachment,
+        Route::PatchCase,
+        Route::PostEvent,
+        Route::DeleteNotification,
+    ];
+    for route in routes {
+        let w = World::new().await;
+        let expected = small_cases(&w, 3);
+        // The effect happens, the answer is lost, and so are the retries' answers
+        // (retry_attempts = 3): the worst a lost answer can do within one run.
+        w.hub.inject(route, Fault::ResetAfterEffect, 3);
+        let runs = run_until_clean(&w, 5).await;
+        assert_eq!(
+            w.hub
+                .requests()
+                .iter()
+                .filter(|r| r.route == Some(route) && r.fault == Some(Fault::ResetAfterEffect))
+                .count(),
+            3,
+            "{route:?}: every injected reset was hit"
+        );
+        assert_fault_free_result(&w, &expected);
+        println!("{route:?}: clean after {runs} runs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expired_tokens_mid_run_are_renewed() {
+    let w = World::new().await;
+    let expected = small_cases(&w, 8);
+    // The token dies on the first call of each route, and then every token dies while the
+    // downloads are under way.
+    for route in [
+        Route::ListNotifications,
+        Route::GetCase,
+        Route::GetAttachment,
+        Route::PatchCase,
+        Route::PostEvent,
+        Route::DeleteNotification,
+    ] {
+        w.hub.inject(route, Fault::KillToken, 1);
+    }
+    w.hub.inject(
+        Route::GetAttachment,
+        Fault::SlowBody { chunk_delay_ms: 30 },
+        12,
+    );
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("--config").arg(w.config_path()).arg("once");
+    let run = tokio::task::spawn_blocking(move || cmd.output().expect("run hubee-sync"));
+    // Poll until some downloads have started, then expire every token.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while w.hub.request_count(Route::GetAttachment) < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "downloads never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    let tokens_before_expiry = w.hub.request_count(Route::Token);
+    w.hub.expire_all_tokens();
+    let out = run.await.unwrap();
+    let (code, stdout, stderr) = (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        code, 0,
+        "dead tokens are renewed in the run: {stdout}{stderr}"
+    );
+    assert_fault_free_result(&w, &expected);
+    let tokens = w.hub.request_count(Route::Token);
+    assert!(
+        tokens > tokens_before_expiry,
+        "a new token after the mass expiry"
+    );
+    // One token at the start, one per killed token, a few for the mass expiry (parallel
+    // downloads each see their 401): never one per call.
+    let api_calls = w.hub.requests().len() - tokens;
+    assert!(
+        tokens <= 12 && tokens * 3 < api_calls,
+        "{tokens} tokens for {api_calls} calls"
+    );
+    let unauthorized = w
+        .hub
+        .requests()
+        .iter()
+        .filter(|r| r.status == Some(401))
+        .count();
+    assert!(unauthorized >= 6, "the kills were seen: {unauthorized}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_digest_is_accepted_when_size_and_content_are_right() {
+    let w = World::new().await;
+    let expected = small_cases(&w, 4);
+    w.hub
+        .inject(Route::GetAttachment, Fault::MissingDigest, 100);
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(
+        code, 0,
+        "the digest header is optional (PROTOCOL §4): {out}{err}"
+    );
+    assert_eq!(
+        w.hub
+            .requests()
+            .iter()
+            .filter(|r| r.route == Some(Route::GetAttachment))
+            .filter(|r| r.fault != Some(Fault::MissingDigest))
+            .count(),
+        0,
+        "every download came without a digest"
+    );
+    assert_fault_free_result(&w, &expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_digest_does_not_let_a_truncated_body_through() {
+    let w = World::new().await;
+    let case = w.add_files_case(
+        "DGS-CERTDC-TRUNC-01",
+        &[(
+            "acte.pdf".into(),
+            Content::Generated {
+                size: 200_000,
+                seed: 9,
+            },
+        )],
+    );
+    // Without a digest only the size protects us: every answer breaks off.
+    w.hub.inject(
+        Route::GetAttachment,
+        Fault::TruncateBody {
+            after_bytes: 70_000,
+        },
+        100,
+    );
+    let (code, out, _) = w.run(&["once"]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(w.entries("new").is_empty());
+    assert!(w.entries("tmp").is_empty());
+    assert!(w.receipt_events(&case).is_empty());
+    assert_eq!(w.hub.notifications(CLIENT).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_bodies_within_the_timeout_still_deliver() {
+    let w = World::new().await;
+    // `timeout` is an idle timeout between reads, not a deadline for the whole body: a 1 MiB
+    // file in 16 chunks 150 ms apart takes 2.4 s against a 1 s timeout.
+    w.write_config("timeout = \"1s\"");
+    let files = vec![(
+        "gros.pdf".to_string(),
+        Content::Generated {
+            size: 1024 * 1024,
+            seed: 5,
+        },
+    )];
+    let case = w.add_files_case("DGS-CERTDC-SLOW-01", &files);
+    w.hub.inject(
+        Route::GetAttachment,
+        Fault::SlowBody {
+            chunk_delay_ms: 150,
+        },
+        1,
+    );
+    let started = std::time::Instant::now();
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "the body really was slow"
+    );
+    assert_eq!(
+        w.hub.request_count(Route::GetAttachment),
+        1,
+        "no retry was needed"
+    );
+    assert_fault_free_result(&w, &[(case, files)].into_iter().collect());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_beyond_the_timeout_is_abandoned_not_published() {
+    let w = World::new().await;
+    w.write_config("timeout = \"1s\"\ndownload_attempts = 2");
+    let case = w.add_files_case(
+        "DGS-CERTDC-STALL-01",
+        &[(
+            "acte.pdf".into(),
+            Content::Generated {
+                size: 200_000,
+                seed: 3,
+            },
+        )],
+    );
+    w.hub.inject(
+        Route::GetAttachment,
+        Fault::SlowBody {
+            chunk_delay_ms: 2500,
+        },
+        2,
+    );
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(w.entries("new").is_empty());
+    assert!(w.entries("tmp").is_empty(), "no half file left behind");
+    assert_eq!(w.hub.notifications(CLIENT).len(), 1);
+    assert!(out.contains(&case), "the report names the case: {out}");
+    // Next run, the hub is fast again.
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(w.receipt_events(&case).len(), 1);
+    assert_eq!(check_new(&w.spool()).unwrap().len(), 1);
 }

@@ -91,9 +91,14 @@ impl World {
         self.dir.path().join("spool/certdc")
     }
 
-    /// Writes the config; `extra_hub` adds lines to [hub].
+    /// Writes the config; `extra_hub` adds lines to [hub], and replaces the default of a key
+    /// it sets (`timeout`, `retry_attempts`, `retry_base_delay`, `retry_max_delay`).
     pub fn write_config(&self, extra_hub: &str) {
         let d = self.dir.path().display();
+        let overridden: Vec<&str> = extra_hub
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
         let toml = format!(
             r#"[hub]
 api_url = "{api}"
@@ -119,6 +124,18 @@ spool = "{d}/spool/certdc"
             api = self.hub.api_url(),
             token = self.hub.token_url(),
         );
+        let toml: String = toml
+            .lines()
+            .enumerate()
+            .filter(|(i, l)| {
+                // Default lines come before `extra_hub` in [hub]: drop those it overrides.
+                let is_default = *i < 8;
+                !(is_default
+                    && l.split_once('=')
+                        .is_some_and(|(k, _)| overridden.contains(&k.trim())))
+            })
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
         write_mode(&self.config_path(), &toml, 0o640);
     }
 
