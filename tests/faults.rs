@@ -506,3 +506,19 @@ async fn stalled_body_beyond_the_timeout_is_abandoned_not_published() {
     assert_eq!(w.receipt_events(&case).len(), 1);
     assert_eq!(check_new(&w.spool()).unwrap().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: a token with expires_in <= 30 s is renewed before every call (client.rs fetch_token: margin = max(lifetime/10, 30 s))"]
+async fn short_lived_tokens_are_reused_not_requested_on_every_call() {
+    let w = World::new().await;
+    let expected = small_cases(&w, 5);
+    // A hub that grants 20-second tokens: a run of a second needs one token, not one per
+    // call ("pas à chaque appel", PROTOCOL §2).
+    w.hub.set_token_lifetime(20);
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_fault_free_result(&w, &expected);
+    let tokens = w.hub.request_count(Route::Token);
+    let calls = w.hub.requests().len() - tokens;
+    assert!(tokens <= 2, "{tokens} tokens for {calls} calls");
+}
