@@ -403,18 +403,24 @@ impl World {
     }
 
     /// Files anywhere under the world's directory that are neither in the spool nor the
-    /// world's own files (config, secret, state database and its journal).
+    /// world's own files (config, secret, state database and its journal, `locks/`).
     pub fn files_outside_spool(&self) -> Vec<PathBuf> {
         let root = self.dir.path();
         let spool_root = root.join("spool");
+        // The state database's directory also holds the subscriptions' lock files.
+        let locks = root.join("locks");
         walk(root)
             .into_iter()
             .filter(|p| !p.starts_with(&spool_root) && *p != spool_root)
+            .filter(|p| p.parent() != Some(locks.as_path()))
             .filter(|p| {
                 let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
                 !(p.parent() == Some(root)
                     && name.as_deref().is_some_and(|n| {
-                        n == "hubee-sync.toml" || n == "secret" || n.starts_with("state.db")
+                        n == "hubee-sync.toml"
+                            || n == "secret"
+                            || n.starts_with("state.db")
+                            || n == "locks"
                     }))
             })
             .collect()
