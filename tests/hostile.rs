@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{check_entry, check_new, World, CLIENT};
+use common::{check_new, World, CLIENT};
 use fake_hubee::{AttachmentSpec, CaseSpec, Content, Fault, Route};
 use serde_json::{json, Value};
 
@@ -542,7 +542,8 @@ async fn unusable_sizes_are_refused_naming_the_case() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn case_json_that_is_not_a_case_is_refused_naming_the_case() {
     let w = World::new().await;
-    let rewrites: Vec<Box<dyn Fn(&mut Value) + Send + Sync>> = vec![
+    type Rewrite = Box<dyn Fn(&mut Value) + Send + Sync>;
+    let rewrites: Vec<Rewrite> = vec![
         Box::new(|v| *v = json!("a string")),
         Box::new(|v| *v = Value::Null),
         Box::new(|v| v["attachments"] = json!("oops")),
