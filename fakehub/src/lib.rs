@@ -466,6 +466,49 @@ impl FakeHub {
         ids
     }
 
+    // ------------------------------------------------------------ hostile-hub test hooks
+
+    /// `add_case` with a chosen case id, which may be anything (`../x`, control characters,
+    /// 300 bytes…). Requests can reach such a case only with [`FakeHub::set_lenient_ids`].
+    ///
+    /// # Panics
+    /// If `client_id` was not added.
+    pub fn add_case_with_id(&self, client_id: &str, case_id: &str, spec: CaseSpec) -> String {
+        self.inner
+            .state()
+            .add_case_with_id(client_id, Some(case_id.to_string()), spec)
+    }
+
+    /// `true`: ids in request paths are percent-decoded and not validated as UUIDs (the real
+    /// hub validates them, §3, but its answers' ids are opaque strings). Default `false`.
+    pub fn set_lenient_ids(&self, lenient: bool) {
+        self.inner.state().lenient_ids = lenient;
+    }
+
+    /// Every `GET /cases/{case_id}` answer is passed through `f` before it is sent (unknown
+    /// fields, nulls, numbers as strings…). The hub's own state is unchanged.
+    pub fn rewrite_case_json(&self, case_id: &str, f: impl Fn(&mut Value) + Send + Sync + 'static) {
+        self.inner
+            .state()
+            .case_rewrites
+            .insert(case_id.to_string(), Arc::new(f));
+    }
+
+    /// A notification served verbatim to `client_id` (after the real ones, within the batch
+    /// size) until a DELETE names its `id`; a DELETE of an id shared with a real notification
+    /// removes both. Also listed by [`FakeHub::notifications`].
+    pub fn push_raw_notification(&self, client_id: &str, notification: Value) {
+        self.inner
+            .state()
+            .push_raw_notification(client_id, notification);
+    }
+
+    /// Prefix of the `digest` header on downloads: `Some("sha-256=")` gives the RFC 3230
+    /// style of [OAS-1.2.0] (§10.8). Default `None` (plain base64).
+    pub fn set_digest_prefix(&self, prefix: Option<&str>) {
+        self.inner.state().digest_prefix = prefix.map(str::to_string);
+    }
+
     /// The admin view served at `GET /_fake/state`.
     pub fn state_json(&self) -> Value {
         self.inner.state().admin_json()

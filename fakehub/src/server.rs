@@ -606,6 +606,11 @@ async fn handle(
         Some(Fault::MissingDigest) => resp.headers.retain(|(k, _)| *k != "digest"),
         _ => {}
     }
+    if let Some(prefix) = inner.state().digest_prefix.clone() {
+        if let Some(d) = resp.header_mut("digest") {
+            d.insert_str(0, &prefix);
+        }
+    }
     inner.state().finish_record(idx, Some(resp.status));
     Ok(into_hyper(resp, delivery, &ctl))
 }
@@ -809,6 +814,20 @@ async fn api_inner(inner: &Inner, ctx: &Ctx, route: Route, ids: &Ids, body: Inco
             }
         }
     }
+    let lenient = inner.state().lenient_ids;
+    let decoded;
+    let ids = if lenient {
+        let d = |v: &Option<String>| v.as_deref().map(crate::util::percent_decode_path);
+        decoded = Ids {
+            notification: d(&ids.notification),
+            case: d(&ids.case),
+            event: d(&ids.event),
+            attachment: d(&ids.attachment),
+        };
+        &decoded
+    } else {
+        ids
+    };
     let checks = [
         ("notificationId", &ids.notification),
         ("caseId", &ids.case),
@@ -817,7 +836,7 @@ async fn api_inner(inner: &Inner, ctx: &Ctx, route: Route, ids: &Ids, body: Inco
     ];
     for (name, value) in checks {
         if let Some(v) = value {
-            if !crate::util::is_uuid(v) {
+            if !lenient && !crate::util::is_uuid(v) {
                 return Err(ctx.invalid(
                     &format!("path.{name}"),
                     &format!("Input string \"{v}\" is not a valid UUID"),

@@ -333,7 +333,18 @@ pub(crate) struct State {
     pub shuffle: Option<fastrand::Rng>,
     pub strict: bool,
     external_counter: u64,
+    /// Test hooks (hostile hub): rewrites applied to `GET /cases/{id}` answers.
+    pub case_rewrites: HashMap<String, CaseRewrite>,
+    /// Test hooks: notifications served verbatim after the real ones, per client.
+    raw_notifications: Vec<(String, Value)>,
+    /// Test hooks: path ids are not validated as UUIDs, and are percent-decoded.
+    pub lenient_ids: bool,
+    /// Test hooks: prefix of the `digest` header on downloads (e.g. `sha-256=`).
+    pub digest_prefix: Option<String>,
 }
+
+/// A rewrite of the case JSON served by `GET /cases/{id}` (see `FakeHub::rewrite_case_json`).
+pub(crate) type CaseRewrite = Arc<dyn Fn(&mut Value) + Send + Sync>;
 
 fn fnv(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
@@ -359,6 +370,10 @@ impl State {
             shuffle: None,
             strict: false,
             external_counter: 0,
+            case_rewrites: HashMap::new(),
+            raw_notifications: Vec::new(),
+            lenient_ids: false,
+            digest_prefix: None,
         }
     }
 
@@ -387,6 +402,16 @@ impl State {
     }
 
     pub fn add_case(&mut self, client_id: &str, spec: CaseSpec) -> String {
+        self.add_case_with_id(client_id, None, spec)
+    }
+
+    /// `add_case` with a chosen case id (any string: hostile-hub tests); a UUID when `None`.
+    pub fn add_case_with_id(
+        &mut self,
+        client_id: &str,
+        case_id: Option<String>,
+        spec: CaseSpec,
+    ) -> String {
         assert!(
             self.clients.contains_key(client_id),
             "fake-hubee: add_case for unknown client {client_id:?}; call add_client first"
@@ -403,6 +428,7 @@ impl State {
             format!("DGS-{code}-{:013}-01", self.external_counter)
         });
         let id = uuid_v4(&mut self.rng);
+        let id = case_id.unwrap_or(id);
         let folder_id = uuid_v4(&mut self.rng);
         let mut attachments = Vec::new();
         for a in spec.attachments {
@@ -574,11 +600,28 @@ impl State {
     }
 
     pub fn notifications_of(&self, client_id: &str) -> Vec<Value> {
-        self.notifications
+        let mut v: Vec<Value> = self
+            .notifications
             .iter()
             .filter(|n| n.client_id == client_id)
             .map(|n| self.notification_json(n, true))
-            .collect()
+            .collect();
+        v.extend(self.raw_notifications_of(client_id));
+        v
+    }
+
+    fn raw_notifications_of(&self, client_id: &str) -> impl Iterator<Item = Value> + '_ {
+        let client_id = client_id.to_string();
+        self.raw_notifications
+            .iter()
+            .filter(move |(c, _)| *c == client_id)
+            .map(|(_, n)| n.clone())
+    }
+
+    /// Test hook: a notification served verbatim (after the real ones) until a DELETE names
+    /// its `id`.
+    pub fn push_raw_notification(&mut self, client_id: &str, n: Value) {
+        self.raw_notifications.push((client_id.to_string(), n));
     }
 
     pub fn osl_notifications_of(&self, case_id: &str) -> Vec<Value> {
@@ -875,8 +918,9 @@ impl State {
             .iter()
             .filter(|n| n.client_id == client_id)
             .filter(|n| process_codes.is_empty() || process_codes.contains(&n.process_code))
-            .take(max)
             .map(|n| self.notification_json(n, details))
+            .chain(self.raw_notifications_of(client_id))
+            .take(max)
             .collect();
         if let Some(rng) = self.shuffle.as_mut() {
             rng.shuffle(&mut batch);
@@ -885,7 +929,14 @@ impl State {
     }
 
     pub fn delete_notification(&mut self, client_id: &str, id: &str) -> Res<()> {
+        let raw_before = self.raw_notifications.len();
+        self.raw_notifications
+            .retain(|(c, n)| !(c == client_id && n["id"].as_str() == Some(id)));
+        let raw_deleted = self.raw_notifications.len() != raw_before;
         let Some(pos) = self.notifications.iter().position(|n| n.id == id) else {
+            if raw_deleted {
+                return Ok(());
+            }
             return Err(ApiErr::new(404, "Notification is not found"));
         };
         if self.notifications[pos].client_id != client_id {
@@ -940,7 +991,11 @@ impl State {
 
     pub fn get_case(&self, client_id: &str, case_id: &str, lite: bool) -> Res<Value> {
         let c = self.owned_case(client_id, case_id)?;
-        Ok(self.case_json(c, lite))
+        let mut v = self.case_json(c, lite);
+        if let Some(f) = self.case_rewrites.get(case_id) {
+            f(&mut v);
+        }
+        Ok(v)
     }
 
     pub fn patch_case(&mut self, client_id: &str, case_id: &str, status: &str) -> Res<()> {

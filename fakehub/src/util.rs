@@ -87,6 +87,11 @@ pub(crate) fn parse_urlencoded(s: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// A path segment, percent-decoded (`+` stays a plus sign).
+pub(crate) fn percent_decode_path(s: &str) -> String {
+    percent_decode(&s.replace('+', "%2B"))
+}
+
 fn percent_decode(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());

@@ -91,7 +91,8 @@ impl World {
         self.dir.path().join("spool/certdc")
     }
 
-    /// Writes the config; `extra_hub` adds lines to [hub].
+    /// Writes the config; `extra_hub` adds lines to [hub], and replaces the default of a key
+    /// it sets (`timeout`, `retry_attempts`, `retry_base_delay`, `retry_max_delay`).
     pub fn write_config(&self, extra_hub: &str) {
         self.write_config_with(extra_hub, "");
     }
@@ -99,6 +100,10 @@ impl World {
     /// Writes the config; `extra_hub` adds lines to [hub], `extra_sub` to the subscription.
     pub fn write_config_with(&self, extra_hub: &str, extra_sub: &str) {
         let d = self.dir.path().display();
+        let overridden: Vec<&str> = extra_hub
+            .lines()
+            .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim()))
+            .collect();
         let toml = format!(
             r#"[hub]
 api_url = "{api}"
@@ -125,6 +130,18 @@ spool = "{d}/spool/certdc"
             api = self.hub.api_url(),
             token = self.hub.token_url(),
         );
+        let toml: String = toml
+            .lines()
+            .enumerate()
+            .filter(|(i, l)| {
+                // Default lines come before `extra_hub` in [hub]: drop those it overrides.
+                let is_default = *i < 8;
+                !(is_default
+                    && l.split_once('=')
+                        .is_some_and(|(k, _)| overridden.contains(&k.trim())))
+            })
+            .map(|(_, l)| format!("{l}\n"))
+            .collect();
         write_mode(&self.config_path(), &toml, 0o640);
     }
 
@@ -204,4 +221,214 @@ pub fn sha256sum_check(entry: &Path) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
+}
+
+// ------------------------------------------------------------------ spool invariants
+
+/// Reads `manifest.json` of an entry.
+pub fn read_manifest(entry: &Path) -> Result<serde_json::Value, String> {
+    let raw = std::fs::read(entry.join("manifest.json"))
+        .map_err(|e| format!("{}: no manifest.json: {e}", entry.display()))?;
+    serde_json::from_slice(&raw)
+        .map_err(|e| format!("{}: manifest.json is not JSON: {e}", entry.display()))
+}
+
+fn sha256_file_hex(path: &Path) -> std::io::Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path)?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Checks that a published entry is complete and verified: `case.json` is JSON, the manifest
+/// parses, `sha256sum -c SHA256SUMS` passes, every file the manifest lists is there with its
+/// size and SHA-256, and `attachments/` holds nothing else. Returns the manifest.
+pub fn check_entry(entry: &Path) -> Result<serde_json::Value, String> {
+    let name = entry.display();
+    let case_json =
+        std::fs::read(entry.join("case.json")).map_err(|e| format!("{name}: no case.json: {e}"))?;
+    serde_json::from_slice::<serde_json::Value>(&case_json)
+        .map_err(|e| format!("{name}: case.json is not JSON: {e}"))?;
+    let m = read_manifest(entry)?;
+    if !entry.join("SHA256SUMS").is_file() {
+        return Err(format!("{name}: no SHA256SUMS"));
+    }
+    if !sha256sum_check(entry) {
+        return Err(format!("{name}: sha256sum -c SHA256SUMS fails"));
+    }
+    let atts = m["attachments"]
+        .as_array()
+        .ok_or_else(|| format!("{name}: manifest has no attachments list"))?;
+    let mut listed = std::collections::BTreeSet::new();
+    for a in atts {
+        let Some(rel) = a["path"].as_str() else {
+            continue;
+        };
+        let p = entry.join(rel);
+        let meta = std::fs::metadata(&p).map_err(|e| format!("{name}: {rel} missing: {e}"))?;
+        if Some(meta.len()) != a["size"].as_u64() {
+            return Err(format!(
+                "{name}: {rel} has {} bytes, the manifest says {}",
+                meta.len(),
+                a["size"]
+            ));
+        }
+        let hex = sha256_file_hex(&p).map_err(|e| format!("{name}: {rel}: {e}"))?;
+        if Some(hex.as_str()) != a["sha256"].as_str() {
+            return Err(format!("{name}: {rel} SHA-256 differs from the manifest"));
+        }
+        listed.insert(p);
+    }
+    let on_disk: std::collections::BTreeSet<PathBuf> =
+        match std::fs::read_dir(entry.join("attachments")) {
+            Ok(rd) => rd.filter_map(|e| e.ok()).map(|e| e.path()).collect(),
+            Err(_) => Default::default(),
+        };
+    if on_disk != listed {
+        return Err(format!(
+            "{name}: attachments/ holds {on_disk:?}, the manifest lists {listed:?}"
+        ));
+    }
+    Ok(m)
+}
+
+/// Checks every entry in `SPOOL/new/`; returns `(entry name, manifest)` for each.
+pub fn check_new(spool: &Path) -> Result<Vec<(String, serde_json::Value)>, String> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(spool.join("new")) else {
+        return Ok(out);
+    };
+    for e in rd {
+        let e = e.map_err(|e| e.to_string())?;
+        let m = check_entry(&e.path())?;
+        out.push((e.file_name().to_string_lossy().into_owned(), m));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+/// Every file or directory under `root` (symlinks not followed).
+pub fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p.clone());
+            }
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A thread that polls `new/` while `once` runs and checks each entry the moment it appears
+/// (entries are immutable once published, so each is checked once).
+pub struct NewWatcher {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<WatchReport>,
+}
+
+#[derive(Debug, Default)]
+pub struct WatchReport {
+    /// Polls of the directory.
+    pub polls: usize,
+    /// Entries seen and checked.
+    pub checked: usize,
+    /// Entries that were incomplete or corrupt when seen.
+    pub violations: Vec<String>,
+}
+
+impl NewWatcher {
+    pub fn start(new_dir: PathBuf) -> NewWatcher {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let mut report = WatchReport::default();
+            let mut seen = std::collections::HashSet::new();
+            loop {
+                // Read the flag first, so the last poll happens after the last run ended.
+                let last = flag.load(Ordering::SeqCst);
+                report.polls += 1;
+                if let Ok(rd) = std::fs::read_dir(&new_dir) {
+                    for e in rd.filter_map(|e| e.ok()) {
+                        if seen.insert(e.file_name()) {
+                            report.checked += 1;
+                            if let Err(why) = check_entry(&e.path()) {
+                                report.violations.push(why);
+                            }
+                        }
+                    }
+                }
+                if last {
+                    return report;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+        });
+        NewWatcher { stop, handle }
+    }
+
+    pub fn stop(self) -> WatchReport {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.handle.join().expect("watcher thread")
+    }
+}
+
+impl World {
+    /// Adds a case with these files (name, content) and external id.
+    pub fn add_files_case(&self, external_id: &str, files: &[(String, Content)]) -> String {
+        let mut spec = CaseSpec::new("CERTDC");
+        spec.external_id = Some(external_id.to_string());
+        spec.attachments = files
+            .iter()
+            .map(|(name, content)| {
+                AttachmentSpec::new(
+                    name,
+                    "DD_Certificatdedeces",
+                    "application/pdf",
+                    content.clone(),
+                )
+            })
+            .collect();
+        self.hub.add_case(CLIENT, spec)
+    }
+
+    /// Files anywhere under the world's directory that are neither in the spool nor the
+    /// world's own files (config, secret, state database and its journal, `locks/`).
+    pub fn files_outside_spool(&self) -> Vec<PathBuf> {
+        let root = self.dir.path();
+        let spool_root = root.join("spool");
+        // The state database's directory also holds the subscriptions' lock files.
+        let locks = root.join("locks");
+        walk(root)
+            .into_iter()
+            .filter(|p| !p.starts_with(&spool_root) && *p != spool_root)
+            .filter(|p| p.parent() != Some(locks.as_path()))
+            .filter(|p| {
+                let name = p.file_name().map(|n| n.to_string_lossy().into_owned());
+                !(p.parent() == Some(root)
+                    && name.as_deref().is_some_and(|n| {
+                        n == "hubee-sync.toml"
+                            || n == "secret"
+                            || n.starts_with("state.db")
+                            || n == "locks"
+                    }))
+            })
+            .collect()
+    }
 }
