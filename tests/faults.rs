@@ -508,7 +508,7 @@ async fn stalled_body_beyond_the_timeout_is_abandoned_not_published() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a token with expires_in <= 30 s is renewed before every call (client.rs fetch_token: margin = max(lifetime/10, 30 s))"]
+
 async fn short_lived_tokens_are_reused_not_requested_on_every_call() {
     let w = World::new().await;
     let expected = small_cases(&w, 5);

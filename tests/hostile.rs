@@ -321,7 +321,7 @@ async fn hostile_external_and_case_ids_stay_inside_the_spool() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: an external id like `aux.txt` or `COM1.pdf` gives the entry `aux.txt~{caseId}`, a reserved device name on a Windows share (names.rs entry_name checks no reserved stem)"]
+
 async fn windows_reserved_external_ids_give_safe_entry_names() {
     let w = World::new().await;
     let externals = [
@@ -352,7 +352,7 @@ async fn windows_reserved_external_ids_give_safe_entry_names() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: case ids that differ only in replaced characters (`dossier/1`, `dossier_1`) get the same entry name; all but the first fail every cycle (names.rs entry_part has no disambiguating hash)"]
+
 async fn case_ids_that_sanitize_alike_get_distinct_entries() {
     let w = World::new().await;
     w.hub.set_lenient_ids(true);
@@ -572,7 +572,6 @@ async fn case_json_that_is_not_a_case_is_refused_naming_the_case() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a 200 answer `{}` or `[]` to GET /cases/{id} is taken for a case with no files: an empty entry is published, then acknowledged once the hub answers properly (files lost)"]
 async fn empty_case_answer_is_not_taken_for_a_case_without_files() {
     for body in [json!({}), json!([])] {
         let w = World::new().await;
@@ -633,7 +632,11 @@ async fn unknown_case_status_is_reported_and_never_delivered_twice() {
     }
     assert!(w.receipt_events(&case).is_empty());
     assert_eq!(w.hub.request_count(Route::PatchCase), 0);
-    assert_eq!(w.hub.notifications(CLIENT).len(), 1, "not acknowledged");
+    // Failing two cycles, it is parked: owed in the state database (its notification
+    // deleted so that the queue moves), never acknowledged as received on the hub.
+    let (_, st, _) = w.run(&["status", "--json"]).await;
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st[0]["parked"], 1, "{st}");
 }
 
 // ------------------------------------------------------------------ odd notifications
@@ -698,7 +701,7 @@ async fn notifications_without_a_case_id_are_reported_not_deleted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: a notification without an id is only logged; once exits 0 and its summary does not count it, though it stays on the hub forever"]
+
 async fn notification_without_an_id_is_reported_with_its_case() {
     let w = World::new().await;
     let good = w.add_case(1, 1, 100);

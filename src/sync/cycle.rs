@@ -332,7 +332,12 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                 },
                 Action::Invalid { .. } => WorkItem {
                     kind: "invalid".into(),
-                    case_id: format!("notification-{nid}"),
+                    case_id: p
+                        .notification
+                        .case_id
+                        .clone()
+                        .filter(|c| !c.trim().is_empty())
+                        .unwrap_or_else(|| format!("notification-{nid}")),
                     event_id: String::new(),
                     round: 0,
                     external_id: None,

@@ -26,20 +26,22 @@ pub struct Planned {
 /// Decides the action for one notification. `None` when it has no id: it cannot even be
 /// deleted, so it can only be reported.
 pub fn decide(n: &Notification) -> Option<Planned> {
-    let id = n.id.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
-    let case_id = n
-        .case_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let event_id = n
-        .event_id
-        .as_deref()
-        .map(str::trim)
-        .filter(|s| !s.is_empty());
-    let action = match (case_id, event_id) {
+    // Ids are opaque (PROTOCOL §3): used exactly as sent, never trimmed; blank is absent.
+    let present = |s: &Option<String>| s.clone().filter(|s| !s.trim().is_empty());
+    let id = present(&n.id)?;
+    let case_id = present(&n.case_id);
+    let event_id = present(&n.event_id);
+    let unusable = |s: &str| s.chars().all(|c| c == '.');
+    let action = match (case_id.as_deref(), event_id.as_deref()) {
         (None, _) => Action::Invalid {
             reason: "the notification names no case (caseId is empty)".into(),
+        },
+        // `.` and `..` would be read as path segments by every URL library on the way.
+        (Some(c), e) if unusable(c) || e.is_some_and(unusable) => Action::Invalid {
+            reason: format!(
+                "the notification names an unusable case or event id ({c:?}, {:?})",
+                e.unwrap_or("")
+            ),
         },
         (Some(c), None) => Action::NewCase {
             case_id: c.to_string(),
@@ -51,7 +53,7 @@ pub fn decide(n: &Notification) -> Option<Planned> {
         },
     };
     Some(Planned {
-        notification_id: id.to_string(),
+        notification_id: id,
         notification: n.clone(),
         action,
     })
