@@ -180,6 +180,23 @@ impl WorkItem {
     }
 }
 
+/// One notable thing that happened, as recorded in the `activity` journal.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Activity {
+    /// Grows with every record, in commit order: a reader's cursor.
+    pub seq: i64,
+    pub subscription: String,
+    /// Milliseconds since the epoch.
+    pub at: i64,
+    /// `received`, `reopened`, `event`, `unusable_attachment`, `parked`, `quarantined`, …
+    pub kind: String,
+    pub case_id: Option<String>,
+    pub external_id: Option<String>,
+    pub event_id: Option<String>,
+    /// Kind-specific details, JSON.
+    pub detail: serde_json::Value,
+}
+
 /// A parked item: work owed, its notification already deleted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Parked {
@@ -793,6 +810,90 @@ impl StateDb {
             .await
             .map_err(self.q("reading the last poll"))?;
         Ok(r.and_then(|r| r.try_get::<Option<i64>, _>(0).ok().flatten()))
+    }
+
+    /// Appends to the activity journal. The sequence number is allocated and the record
+    /// inserted in one transaction, so records become visible in sequence order: a reader
+    /// that saw `seq = n` will never later find a record below `n`.
+    pub async fn record_activity(
+        &self,
+        subscription: &str,
+        kind: &str,
+        case_id: Option<&str>,
+        external_id: Option<&str>,
+        event_id: Option<&str>,
+        detail: serde_json::Value,
+    ) -> Result<i64, StateError> {
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.q("recording activity"))?;
+        let seq: i64 = sqlx::query(
+            "UPDATE hubee_sync_counter SET value = value + 1 WHERE name = 'activity' RETURNING value",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .and_then(|r| r.try_get::<i64, _>(0))
+        .map_err(self.q("recording activity"))?;
+        sqlx::query(
+            "INSERT INTO activity (seq, subscription, at, kind, case_id, external_id, event_id, detail)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(seq)
+        .bind(subscription)
+        .bind(now_ms())
+        .bind(kind)
+        .bind(case_id.map(str::to_string))
+        .bind(external_id.map(str::to_string))
+        .bind(event_id.map(str::to_string))
+        .bind(detail.to_string())
+        .execute(&mut *tx)
+        .await
+        .map_err(self.q("recording activity"))?;
+        tx.commit().await.map_err(self.q("recording activity"))?;
+        Ok(seq)
+    }
+
+    /// Activity after `after_seq`, oldest first, at most `limit` records; all subscriptions
+    /// when `subscriptions` is empty.
+    pub async fn activity_since(
+        &self,
+        after_seq: i64,
+        subscriptions: &[String],
+        limit: i64,
+    ) -> Result<Vec<Activity>, StateError> {
+        let rows = sqlx::query(
+            "SELECT seq, subscription, at, kind, case_id, external_id, event_id, detail
+             FROM activity WHERE seq > $1 ORDER BY seq LIMIT $2",
+        )
+        .bind(after_seq)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(self.q("reading activity"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in rows {
+            let get = |e| self.q("reading activity")(e);
+            let a = Activity {
+                seq: r.try_get(0).map_err(get)?,
+                subscription: r.try_get(1).map_err(get)?,
+                at: r.try_get(2).map_err(get)?,
+                kind: r.try_get(3).map_err(get)?,
+                case_id: r.try_get(4).map_err(get)?,
+                external_id: r.try_get(5).map_err(get)?,
+                event_id: r.try_get(6).map_err(get)?,
+                detail: r
+                    .try_get::<Option<String>, _>(7)
+                    .map_err(get)?
+                    .and_then(|d| serde_json::from_str(&d).ok())
+                    .unwrap_or(serde_json::Value::Null),
+            };
+            if subscriptions.is_empty() || subscriptions.contains(&a.subscription) {
+                out.push(a);
+            }
+        }
+        Ok(out)
     }
 
     pub async fn close(&self) {

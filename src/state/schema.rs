@@ -63,6 +63,23 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE failure ADD COLUMN parked_at BIGINT;
     ALTER TABLE failure ADD COLUMN quarantined_at BIGINT;
     ALTER TABLE failure ADD COLUMN quarantine_path TEXT",
+    // 3: what happened, in order, for digests and `status`: a journal of notable things.
+    "CREATE TABLE IF NOT EXISTS activity (
+        seq BIGINT PRIMARY KEY,
+        subscription TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        kind TEXT NOT NULL,
+        case_id TEXT,
+        external_id TEXT,
+        event_id TEXT,
+        detail TEXT
+    );
+    CREATE INDEX IF NOT EXISTS activity_subscription ON activity (subscription, seq);
+    CREATE TABLE IF NOT EXISTS hubee_sync_counter (
+        name TEXT PRIMARY KEY,
+        value BIGINT NOT NULL
+    );
+    INSERT INTO hubee_sync_counter (name, value) VALUES ('activity', 0)",
 ];
 
 /// The newest schema this binary knows.

@@ -531,6 +531,15 @@ async fn after_failure(
                 .map_err(|e| e.to_string())?;
             report.parked += 1;
             crate::events::parked(&ctx.name, &item.case_id, &item.event_id, f.attempts, &msg);
+            note(
+                ctx,
+                "parked",
+                &item.case_id,
+                item.external_id.as_deref(),
+                (!item.event_id.is_empty()).then_some(item.event_id.as_str()),
+                serde_json::json!({"attempts": f.attempts, "error": msg}),
+            )
+            .await;
             delete_if_present(ctx, item).await;
             Ok(true)
         }
@@ -592,6 +601,38 @@ pub async fn publish_recorded(
                 &row.key.event_id,
                 &path.display().to_string(),
             );
+            if row.kind != "event" {
+                let files: Vec<serde_json::Value> = row
+                    .files_json
+                    .as_deref()
+                    .and_then(|j| serde_json::from_str(j).ok())
+                    .unwrap_or_default();
+                let fetched = files.iter().filter(|f| !f["path"].is_null()).count();
+                let unusable: Vec<serde_json::Value> = files
+                    .iter()
+                    .filter(|f| f["path"].is_null())
+                    .map(|f| serde_json::json!({"file_name": f["file_name"], "status": f["status"], "attachment_id": f["attachment_id"]}))
+                    .collect();
+                let kind = match row.kind.as_str() {
+                    "reopen" => "reopened",
+                    "redelivery" => "redelivered",
+                    _ => "received",
+                };
+                note(
+                    ctx,
+                    kind,
+                    &row.key.case_id,
+                    Some(&row.external_id),
+                    None,
+                    serde_json::json!({
+                        "entry": path.display().to_string(),
+                        "files": fetched,
+                        "round": row.key.round,
+                        "unusable": unusable,
+                    }),
+                )
+                .await;
+            }
             Ok(())
         }
         PublishOutcome::AlreadyExists(path) => {
@@ -613,6 +654,32 @@ pub async fn publish_recorded(
                 )))
             }
         }
+    }
+}
+
+/// Appends to the activity journal (digests read it); a failure to record is logged, never
+/// a reason to fail the delivery it describes.
+pub(crate) async fn note(
+    ctx: &SubscriptionCtx,
+    kind: &str,
+    case_id: &str,
+    external_id: Option<&str>,
+    event_id: Option<&str>,
+    detail: serde_json::Value,
+) {
+    if let Err(e) = ctx
+        .state
+        .record_activity(
+            &ctx.name,
+            kind,
+            Some(case_id),
+            external_id,
+            event_id,
+            detail,
+        )
+        .await
+    {
+        tracing::warn!(subscription = %ctx.name, case_id, error = %e, "cannot record activity for the digest");
     }
 }
 

@@ -109,6 +109,30 @@ pub async fn deliver_event(
     if carries_something(&action) {
         ctx.state.record_receipt_done(&key, None).await?;
     }
+    if carries_something(&action) && outcome == CaseOutcome::Delivered {
+        let row = ctx
+            .state
+            .event_delivery(&ctx.name, case_id, event_id)
+            .await?;
+        let (entry, external_id) = row
+            .map(|r| (r.entry_name, r.external_id))
+            .unwrap_or_default();
+        super::cycle::note(
+            ctx,
+            "event",
+            case_id,
+            Some(&external_id),
+            Some(event_id),
+            serde_json::json!({
+                "action_type": action,
+                "case_new_status": ev.case_new_status,
+                "has_message": ev.message.as_deref().is_some_and(|m| !m.is_empty()),
+                "files": ev.attachments.iter().filter(|a| a.status.as_deref() == Some("RECEIVED")).count(),
+                "entry": entry,
+            }),
+        )
+        .await;
+    }
     crate::events::event_received(
         &ctx.name,
         case_id,

@@ -101,6 +101,15 @@ pub async fn quarantine(
     }
     let path_s = path.display().to_string();
     ctx.state.quarantine(&ctx.name, item, Some(&path_s)).await?;
+    super::cycle::note(
+        ctx,
+        "quarantined",
+        &item.case_id,
+        Some(&external_id),
+        (!item.event_id.is_empty()).then_some(item.event_id.as_str()),
+        serde_json::json!({"path": path_s, "attempts": failure.attempts, "error": failure.last_error, "since_ms": failure.first_at_ms}),
+    )
+    .await;
     crate::events::quarantined(
         &ctx.name,
         &item.case_id,
