@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod hubee;
 pub mod state;

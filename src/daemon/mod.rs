@@ -1,0 +1,3 @@
+//! The daemon (`hubee-sync run`).
+
+pub mod schedule;
