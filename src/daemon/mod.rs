@@ -150,14 +150,12 @@ pub async fn supervise(
     controls: &mut mpsc::UnboundedReceiver<Control>,
     drain: Duration,
 ) -> Ending {
-    loop {
-        match controls.recv().await {
-            Some(Control::Reload) => tracing::warn!(
-                "SIGHUP received: reloading the configuration is not supported yet; \
-                 nothing changed — restart the service to apply a new configuration"
-            ),
-            Some(Control::Stop) | None => break,
-        }
+    // A stop, or the controls closed: both end the loop.
+    while let Some(Control::Reload) = controls.recv().await {
+        tracing::warn!(
+            "SIGHUP received: reloading the configuration is not supported yet; \
+             nothing changed — restart the service to apply a new configuration"
+        );
     }
     let running: Vec<&str> = tasks
         .iter()
@@ -268,14 +266,20 @@ impl Cycle for SubscriptionWork {
         let Some(ctx) = &self.ctx else { return };
         let started = Instant::now();
         let report = run_cycle(ctx, &self.holder).await;
-        log_report(&report, started.elapsed());
+        log_report(&report, started.elapsed(), self.shutdown.is_requested());
     }
 }
 
 /// One line per cycle: counts, and what to do when it failed.
-fn log_report(r: &CycleReport, took: Duration) {
+fn log_report(r: &CycleReport, took: Duration, stopping: bool) {
     let took = format!("{:.1}s", took.as_secs_f64());
-    if let Some(fatal) = &r.fatal {
+    if stopping && r.fatal.is_none() {
+        tracing::info!(
+            subscription = %r.subscription, received = r.received, acknowledged = r.acknowledged,
+            failed = r.failures.len(), took = %took,
+            "cycle interrupted by the stop; what it had not acknowledged stays on the hub for the next start"
+        );
+    } else if let Some(fatal) = &r.fatal {
         tracing::error!(
             subscription = %r.subscription, received = r.received, acknowledged = r.acknowledged,
             failed = r.failures.len(), took = %took, error = %fatal,

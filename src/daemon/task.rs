@@ -117,6 +117,7 @@ async fn schedule_loop(
             return;
         }
         running.store(true, Ordering::SeqCst);
+        tracing::debug!(subscription = %name, "cycle starting");
         cycle.run().await;
         running.store(false, Ordering::SeqCst);
         drop(permit);
@@ -162,11 +163,14 @@ mod tests {
     use std::sync::Mutex;
     use tokio::time::Instant;
 
+    /// Which cycle ran, from when to when.
+    type RunLog = Arc<Mutex<Vec<(&'static str, Instant, Instant)>>>;
+
     /// A cycle that only takes time, and records when it ran.
     struct Sleeper {
         name: &'static str,
         takes: Duration,
-        log: Arc<Mutex<Vec<(&'static str, Instant, Instant)>>>,
+        log: RunLog,
         busy: Arc<std::sync::atomic::AtomicUsize>,
         max_busy: Arc<std::sync::atomic::AtomicUsize>,
         shutdown: Option<Shutdown>,
@@ -194,7 +198,7 @@ mod tests {
     }
 
     struct Bench {
-        log: Arc<Mutex<Vec<(&'static str, Instant, Instant)>>>,
+        log: RunLog,
         busy: Arc<std::sync::atomic::AtomicUsize>,
         max_busy: Arc<std::sync::atomic::AtomicUsize>,
     }
