@@ -20,9 +20,6 @@ pub const EXIT_FAILURE: u8 = 1;
 pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_CONFIG: u8 = 78;
 
-/// How many subscriptions a `once` works at the same time.
-const PARALLEL_SUBSCRIPTIONS: usize = 4;
-
 pub fn hub_config(settings: &Settings) -> HubConfig {
     let h = &settings.hub;
     HubConfig {
@@ -209,7 +206,7 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
     let display = show_progress().then(|| tokio::spawn(render_progress(progress.clone())));
     let reports: Vec<CycleReport> = stream::iter(ctxs.iter())
         .map(|ctx| run_cycle(ctx, &holder))
-        .buffer_unordered(PARALLEL_SUBSCRIPTIONS)
+        .buffer_unordered(settings.hub.max_parallel_subscriptions)
         .collect()
         .await;
     if let Some(d) = display {

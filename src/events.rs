@@ -33,23 +33,23 @@ pub mod id {
 
 pub fn published(sub: &str, case_id: &str, external_id: &str, event_id: &str, entry: &str) {
     tracing::info!(
-        message_id = id::PUBLISHED,
-        subscription = sub,
-        case_id,
-        external_id,
-        event_id,
-        entry,
+        message_id = %id::PUBLISHED,
+        subscription = %sub,
+        case_id = %case_id,
+        external_id = %external_id,
+        event_id = %event_id,
+        entry = %entry,
         "télédossier published in the spool"
     );
 }
 
 pub fn acknowledged(sub: &str, case_id: &str, external_id: &str, notification_id: &str) {
     tracing::info!(
-        message_id = id::ACKNOWLEDGED,
-        subscription = sub,
-        case_id,
-        external_id,
-        notification_id,
+        message_id = %id::ACKNOWLEDGED,
+        subscription = %sub,
+        case_id = %case_id,
+        external_id = %external_id,
+        notification_id = %notification_id,
         "notification acknowledged (deleted) on the hub"
     );
 }
@@ -62,11 +62,11 @@ pub fn event_received(
     with_entry: bool,
 ) {
     tracing::info!(
-        message_id = id::EVENT_RECEIVED,
-        subscription = sub,
-        case_id,
-        event_id,
-        action_type,
+        message_id = %id::EVENT_RECEIVED,
+        subscription = %sub,
+        case_id = %case_id,
+        event_id = %event_id,
+        action_type = %action_type,
         with_entry,
         "event from the online service acknowledged RECEIVED"
     );
@@ -74,27 +74,27 @@ pub fn event_received(
 
 pub fn item_failed(sub: &str, case_id: &str, event_id: &str, notification_id: &str, error: &str) {
     tracing::error!(
-        message_id = id::ITEM_FAILED,
-        subscription = sub,
-        case_id,
-        event_id,
-        notification_id,
-        error,
+        message_id = %id::ITEM_FAILED,
+        subscription = %sub,
+        case_id = %case_id,
+        event_id = %event_id,
+        notification_id = %notification_id,
+        error = %error,
         "télédossier not delivered this cycle; it will be retried"
     );
 }
 
 pub fn parked(sub: &str, case_id: &str, event_id: &str, attempts: i64, error: &str) {
-    tracing::warn!(message_id = id::PARKED, subscription = sub, case_id, event_id, attempts, error,
+    tracing::warn!(message_id = %id::PARKED, subscription = %sub, case_id = %case_id, event_id = %event_id, attempts, error = %error,
         "télédossier parked: recorded as owed and retried every cycle; its notification is deleted so the queue behind it moves");
 }
 
 pub fn unparked(sub: &str, case_id: &str, event_id: &str, attempts: i64) {
     tracing::info!(
-        message_id = id::UNPARKED,
-        subscription = sub,
-        case_id,
-        event_id,
+        message_id = %id::UNPARKED,
+        subscription = %sub,
+        case_id = %case_id,
+        event_id = %event_id,
         attempts,
         "parked télédossier delivered"
     );
@@ -110,41 +110,41 @@ pub fn quarantined(
     error: &str,
 ) {
     tracing::error!(
-        message_id = id::QUARANTINED,
-        subscription = sub,
-        case_id,
-        external_id,
-        event_id,
+        message_id = %id::QUARANTINED,
+        subscription = %sub,
+        case_id = %case_id,
+        external_id = %external_id,
+        event_id = %event_id,
         attempts,
-        path,
-        error,
+        path = %path,
+        error = %error,
         "télédossier quarantined: set to SI_INTG_ERROR on the hub; a person must look at it"
     );
 }
 
 pub fn auth_failed(sub: &str, error: &str) {
     tracing::error!(
-        message_id = id::AUTH_FAILED,
-        subscription = sub,
-        error,
+        message_id = %id::AUTH_FAILED,
+        subscription = %sub,
+        error = %error,
         "the hub refused this subscription's credentials"
     );
 }
 
 pub fn cycle_failed(sub: &str, error: &str) {
     tracing::error!(
-        message_id = id::CYCLE_FAILED,
-        subscription = sub,
-        error,
+        message_id = %id::CYCLE_FAILED,
+        subscription = %sub,
+        error = %error,
         "cycle stopped; the subscription is retried at its next cycle"
     );
 }
 
 pub fn reopened(sub: &str, case_id: &str, round: i64) {
     tracing::info!(
-        message_id = id::REOPENED,
-        subscription = sub,
-        case_id,
+        message_id = %id::REOPENED,
+        subscription = %sub,
+        case_id = %case_id,
         round,
         "case reopened by the online service: delivering it again as a new round"
     );
@@ -152,31 +152,39 @@ pub fn reopened(sub: &str, case_id: &str, round: i64) {
 
 pub fn waiting(sub: &str, case_id: &str, external_id: &str, attachment_id: &str) {
     tracing::info!(
-        message_id = id::WAITING,
-        subscription = sub,
-        case_id,
-        external_id,
-        attachment_id,
+        message_id = %id::WAITING,
+        subscription = %sub,
+        case_id = %case_id,
+        external_id = %external_id,
+        attachment_id = %attachment_id,
         "an attachment is still PENDING on the hub; the case waits for it"
     );
 }
 
-pub fn cycle_done(
-    sub: &str,
-    received: usize,
-    acknowledged: usize,
-    failed: usize,
-    parked: usize,
-    quarantined: usize,
-) {
-    tracing::info!(
-        message_id = id::CYCLE_DONE,
-        subscription = sub,
-        received,
-        acknowledged,
-        failed,
-        parked,
-        quarantined,
-        "cycle done"
+/// One line per cycle: counts, and what to do when it failed.
+pub fn cycle_done(r: &crate::sync::CycleReport, took: std::time::Duration, stopping: bool) {
+    let took = format!("{:.1}s", took.as_secs_f64());
+    let (sub, received, acknowledged, failed) = (
+        r.subscription.as_str(),
+        r.received,
+        r.acknowledged,
+        r.failures.len(),
     );
+    let (waiting, parked, quarantined) = (r.waiting, r.parked, r.quarantined);
+    if stopping && r.fatal.is_none() {
+        tracing::info!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,
+            failed, took = %took,
+            "cycle interrupted by the stop; what it had not acknowledged stays on the hub for the next start");
+    } else if let Some(fatal) = &r.fatal {
+        tracing::error!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,
+            failed, took = %took, error = %fatal,
+            "cycle stopped early; nothing unacknowledged is lost, it is tried again at the next cycle");
+    } else if let Some(first) = r.failures.first() {
+        tracing::warn!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,
+            failed, waiting, parked, quarantined, took = %took, first_error = %first.error,
+            "cycle done with failures; failed télédossiers are tried again at the next cycle (`hubee-sync status` lists them)");
+    } else {
+        tracing::info!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,
+            waiting, parked, quarantined, took = %took, "cycle done");
+    }
 }

@@ -6,9 +6,12 @@
 //! - [`deliver`]: where a télédossier goes (spool with Maildir rules, safe names).
 //! - [`state`]: the state database (what was delivered, acknowledgement progress, failures).
 //! - [`sync`]: one subscription's cycle: poll, decide, act; the receipt status walk.
+//! - [`daemon`]: `run`: every subscription on its schedule (Europe/Paris), bounded
+//!   concurrency, signals, drain.
 
 pub mod app;
 pub mod config;
+pub mod daemon;
 pub mod deliver;
 pub mod events;
 pub mod hubee;

@@ -33,6 +33,9 @@ enum LogFormat {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// The daemon: every subscription now, then on its schedule; SIGTERM/SIGINT drain and
+    /// exit 0 (a second one exits at once).
+    Run,
     /// One complete cycle of every (or the named) subscription, then exit.
     Once {
         /// Only this subscription (repeatable).
@@ -108,8 +111,15 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         match cli.command {
+            Command::Run => match hubee_sync::daemon::signals::forward() {
+                Ok(controls) => hubee_sync::daemon::run(settings, controls).await,
+                Err(e) => {
+                    eprintln!("cannot install the SIGTERM/SIGINT/SIGHUP handlers: {e}");
+                    ExitCode::from(app::EXIT_FAILURE)
+                }
+            },
             Command::Once { subscriptions } => app::once(settings, &subscriptions).await,
             Command::Status { json } => app::status(settings, json).await,
             Command::Redeliver {
@@ -118,5 +128,8 @@ fn main() -> ExitCode {
             } => app::redeliver(settings, &subscription, &case_id).await,
             Command::Validate | Command::Check => unreachable!("handled above"),
         }
-    })
+    });
+    // Work cut by a second stop signal or the drain bound must not hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    code
 }

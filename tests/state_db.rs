@@ -177,21 +177,41 @@ async fn state_database_newer_than_the_binary_is_refused() {
 async fn activity_is_read_back_in_sequence_order_on_both_backends() {
     let dir = tempfile::tempdir().unwrap();
     let pg = common::PgDb::create().await;
-    for loc in [Location::Sqlite(dir.path().join("s.db")), Location::Postgres(pg.url.clone())] {
+    for loc in [
+        Location::Sqlite(dir.path().join("s.db")),
+        Location::Postgres(pg.url.clone()),
+    ] {
         let db = StateDb::open(&loc).await.unwrap();
         let a = db
-            .record_activity("certdc", "received", Some("c1"), Some("E1"), None, serde_json::json!({"files": 2}))
+            .record_activity(
+                "certdc",
+                "received",
+                Some("c1"),
+                Some("E1"),
+                None,
+                serde_json::json!({"files": 2}),
+            )
             .await
             .unwrap();
         let b = db
-            .record_activity("etatcivil", "quarantined", Some("c2"), None, None, serde_json::json!({}))
+            .record_activity(
+                "etatcivil",
+                "quarantined",
+                Some("c2"),
+                None,
+                None,
+                serde_json::json!({}),
+            )
             .await
             .unwrap();
         assert!(b > a);
         let all = db.activity_since(0, &[], 100).await.unwrap();
         assert_eq!(all.iter().map(|x| x.seq).collect::<Vec<_>>(), vec![a, b]);
         assert_eq!(all[0].detail["files"], 2);
-        let only = db.activity_since(0, &["etatcivil".to_string()], 100).await.unwrap();
+        let only = db
+            .activity_since(0, &["etatcivil".to_string()], 100)
+            .await
+            .unwrap();
         assert_eq!(only.len(), 1);
         assert_eq!(only[0].kind, "quarantined");
         assert!(db.activity_since(b, &[], 100).await.unwrap().is_empty());

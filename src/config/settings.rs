@@ -57,6 +57,9 @@ pub struct HubSettings {
     pub timeout: Duration,
     /// Attachments downloaded at once, per subscription.
     pub max_parallel_downloads: usize,
+    /// Subscriptions whose cycles run at the same time (`run` and `once`); the others wait
+    /// for a free slot.
+    pub max_parallel_subscriptions: usize,
     /// Total tries of an idempotent call (1 = no retry).
     pub retry_attempts: u32,
     pub retry_base_delay: Duration,
@@ -101,6 +104,10 @@ impl fmt::Debug for HubSettings {
             .field("ca_file", &self.ca_file)
             .field("timeout", &self.timeout)
             .field("max_parallel_downloads", &self.max_parallel_downloads)
+            .field(
+                "max_parallel_subscriptions",
+                &self.max_parallel_subscriptions,
+            )
             .field("retry_attempts", &self.retry_attempts)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("retry_max_delay", &self.retry_max_delay)
@@ -336,6 +343,14 @@ fn validate_hub(
         64,
         errors,
     );
+    let max_parallel_subscriptions = number(
+        h.max_parallel_subscriptions,
+        file,
+        "hub.max_parallel_subscriptions",
+        1,
+        64,
+        errors,
+    );
     let retry_attempts = number(h.retry_attempts, file, "hub.retry_attempts", 1, 20, errors);
     let download_attempts = number(
         h.download_attempts,
@@ -385,6 +400,7 @@ fn validate_hub(
         ca_file: ca_file?,
         timeout: timeout?,
         max_parallel_downloads: usize::try_from(max_parallel_downloads?).ok()?,
+        max_parallel_subscriptions: usize::try_from(max_parallel_subscriptions?).ok()?,
         retry_attempts: u32::try_from(retry_attempts?).ok()?,
         retry_base_delay: retry_base_delay?,
         retry_max_delay: retry_max_delay?,

@@ -185,6 +185,7 @@ pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
         subscription: ctx.name.clone(),
         ..Default::default()
     };
+    let started = std::time::Instant::now();
     let lock = match ctx.state.lock_subscription(&ctx.name, holder).await {
         Ok(l) => l,
         Err(e @ LockError::Held { .. }) => {
@@ -200,14 +201,7 @@ pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
         crate::events::cycle_failed(&ctx.name, &e);
         report.fatal = Some(e);
     }
-    crate::events::cycle_done(
-        &ctx.name,
-        report.received,
-        report.acknowledged,
-        report.failures.len(),
-        report.parked,
-        report.quarantined,
-    );
+    crate::events::cycle_done(&report, started.elapsed(), ctx.shutdown.is_requested());
     let outcome_error = report.fatal.clone().or_else(|| {
         report.failures.first().map(|f| {
             format!(
