@@ -61,12 +61,31 @@ enum Command {
     },
 }
 
+/// Logs go to journald with structured fields when stderr is the journal (under systemd),
+/// else to stderr as text or JSON. A basic logger exists before the config is read, so
+/// configuration errors are reported properly.
 fn init_logging(format: LogFormat) {
+    use tracing_subscriber::prelude::*;
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("HUBEE_SYNC_LOG")
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"));
+    let filter = || {
+        EnvFilter::try_from_env("HUBEE_SYNC_LOG")
+            .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,hyper=warn,reqwest=warn"))
+    };
+    if hubee_sync::systemd::journal::stderr_is_journal() {
+        match hubee_sync::systemd::journal::JournalLayer::new() {
+            Ok(journal) => {
+                tracing_subscriber::registry()
+                    .with(journal.with_filter(filter()))
+                    .init();
+                return;
+            }
+            Err(e) => {
+                eprintln!("hubee-sync: cannot reach journald ({e}); logging to stderr as text")
+            }
+        }
+    }
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.with_ansi(false).init(),

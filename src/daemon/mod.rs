@@ -15,7 +15,8 @@ pub mod signals;
 pub mod task;
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Semaphore};
@@ -25,6 +26,7 @@ use crate::config::{Settings, Subscription};
 use crate::hubee::HubClient;
 use crate::state::StateDb;
 use crate::sync::{run_cycle, Shutdown, SubscriptionCtx};
+use crate::systemd::notify::Notifier;
 
 use schedule::Timing;
 pub use task::{Cycle, Task};
@@ -45,21 +47,19 @@ pub enum Control {
 /// 0 after a stop (drained, or after [`DRAIN_TIMEOUT`]); 1 when the state database cannot be
 /// opened or a second stop cut the drain short; 78 when the hub client cannot be built from
 /// the configuration.
+///
+/// Under systemd (`Type=notify`): READY once the configuration, the state database and the
+/// spools have been checked; a `STATUS=` line after every cycle; watchdog pings from the
+/// supervising loop; RELOADING/READY around a SIGHUP reload; STOPPING on a stop.
 pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Control>) -> ExitCode {
-    let mut timings = Vec::with_capacity(settings.subscriptions.len());
-    for sub in &settings.subscriptions {
-        match Timing::from_schedule(&sub.schedule) {
-            Ok(t) => timings.push(t),
-            Err(e) => {
-                eprintln!(
-                    "{}: subscription {}: {e}; fix the schedule and run `hubee-sync validate`",
-                    sub.source.display(),
-                    sub.name
-                );
-                return ExitCode::from(EXIT_CONFIG);
-            }
+    let notifier = Arc::new(Notifier::from_env());
+    let timings = match timings_of(&settings) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(EXIT_CONFIG);
         }
-    }
+    };
     let state = match StateDb::open(&app::state_location(&settings)).await {
         Ok(s) => s,
         Err(e) => {
@@ -76,37 +76,26 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             return ExitCode::from(EXIT_CONFIG);
         }
     };
+    check_spools(&settings);
 
-    let settings = Arc::new(settings);
-    let permits = Arc::new(Semaphore::new(settings.hub.max_parallel_subscriptions));
-    let holder = app::holder_description("run");
-    let tasks: Vec<Task> = settings
-        .subscriptions
-        .iter()
-        .zip(timings)
-        .map(|(sub, timing)| {
-            let (stop, shutdown) = Shutdown::new();
-            let work = SubscriptionWork {
-                settings: settings.clone(),
-                sub: sub.clone(),
-                client: client.clone(),
-                state: state.clone(),
-                shutdown: shutdown.clone(),
-                holder: holder.clone(),
-                ctx: None,
-            };
-            Task::spawn(
-                sub.name.clone(),
-                timing,
-                permits.clone(),
-                (stop, shutdown),
-                work,
-            )
-        })
-        .collect();
+    let board = Arc::new(Board::default());
+    let mut fleet = Fleet {
+        shared: Arc::new(RwLock::new(Arc::new(settings))),
+        generation: Arc::new(AtomicU64::new(0)),
+        client,
+        state: state.clone(),
+        permits: Arc::new(Semaphore::new(1)),
+        holder: app::holder_description("run"),
+        board: board.clone(),
+        notifier: notifier.clone(),
+        tasks: Vec::new(),
+        retired: Vec::new(),
+    };
+    fleet.start(timings);
+    let settings = fleet.settings();
     tracing::info!(
         config = %settings.source.display(),
-        subscriptions = tasks.len(),
+        subscriptions = fleet.tasks.len(),
         schedules = %settings
             .subscriptions
             .iter()
@@ -116,12 +105,16 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         max_parallel_subscriptions = settings.hub.max_parallel_subscriptions,
         "hubee-sync run: started; every subscription runs now, then on its schedule (Europe/Paris time)"
     );
-    if tasks.is_empty() {
+    if fleet.tasks.is_empty() {
         tracing::warn!(config = %settings.source.display(),
-            "no subscription is configured: nothing to poll; add a [[subscription]] and restart");
+            "no subscription is configured: nothing to poll; add a [[subscription]] and reload (systemctl reload hubee-sync)");
     }
+    board.set_subscriptions(settings.subscriptions.iter().map(|s| s.name.clone()));
+    notifier.ready(&board.line());
 
-    let ending = supervise(tasks, &mut controls, DRAIN_TIMEOUT).await;
+    let watchdog = crate::systemd::notify::watchdog_interval();
+    let ending = supervise_with(&mut fleet, &mut controls, DRAIN_TIMEOUT, watchdog).await;
+    notifier.stopping();
     match ending {
         Ending::Aborted => ExitCode::from(EXIT_FAILURE),
         Ending::Drained | Ending::TimedOut => {
@@ -129,6 +122,217 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             tracing::info!("hubee-sync run: stopped");
             ExitCode::from(EXIT_OK)
         }
+    }
+}
+
+fn timings_of(settings: &Settings) -> Result<Vec<Timing>, String> {
+    settings
+        .subscriptions
+        .iter()
+        .map(|sub| {
+            Timing::from_schedule(&sub.schedule).map_err(|e| {
+                format!(
+                    "{}: subscription {}: {e}; fix the schedule and run `hubee-sync validate`",
+                    sub.source.display(),
+                    sub.name
+                )
+            })
+        })
+        .collect()
+}
+
+/// Start-up check of every spool: a subscription whose spool is unusable is reported now (it
+/// is retried at each of its cycles); the others run.
+fn check_spools(settings: &Settings) {
+    for sub in &settings.subscriptions {
+        if let crate::config::Delivery::Spool { path, group } = &sub.delivery {
+            if let Err(e) = crate::deliver::Spool::open(path, group.as_deref()) {
+                tracing::error!(subscription = %sub.name, error = %e,
+                    "spool unusable at start; this subscription fails until it is fixed");
+            }
+        }
+    }
+}
+
+/// What `systemctl status` shows: "3 abonnements, dernier passage 10:42, 2 reçus, 0 en erreur".
+#[derive(Default)]
+pub struct Board {
+    inner: std::sync::Mutex<BoardInner>,
+}
+
+#[derive(Default)]
+struct BoardInner {
+    /// Subscription → whether its last cycle failed.
+    subs: std::collections::BTreeMap<String, bool>,
+    last_pass: Option<chrono::DateTime<chrono::Utc>>,
+    received: u64,
+}
+
+impl Board {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BoardInner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_subscriptions(&self, names: impl Iterator<Item = String>) {
+        let mut b = self.lock();
+        let old = std::mem::take(&mut b.subs);
+        b.subs = names
+            .map(|n| {
+                let failing = old.get(&n).copied().unwrap_or(false);
+                (n, failing)
+            })
+            .collect();
+    }
+
+    pub fn record(&self, report: &crate::sync::CycleReport) {
+        let mut b = self.lock();
+        b.last_pass = Some(chrono::Utc::now());
+        b.received += report.received as u64;
+        b.subs.insert(report.subscription.clone(), !report.ok());
+    }
+
+    /// The French status line.
+    pub fn line(&self) -> String {
+        let b = self.lock();
+        let n = b.subs.len();
+        if n == 0 {
+            return "aucun abonnement configuré".into();
+        }
+        let last = b
+            .last_pass
+            .map(|t| t.with_timezone(&schedule::ZONE).format("%H:%M").to_string())
+            .unwrap_or_else(|| "aucun".into());
+        let errors = b.subs.values().filter(|f| **f).count();
+        format!(
+            "{n} abonnement{}, dernier passage {last}, {} reçu{}, {errors} en erreur",
+            if n > 1 { "s" } else { "" },
+            b.received,
+            if b.received > 1 { "s" } else { "" },
+        )
+    }
+}
+
+/// The running subscriptions, and what a reload needs to change them.
+pub struct Fleet {
+    /// The settings in force; replaced by a reload.
+    shared: Arc<RwLock<Arc<Settings>>>,
+    /// Bumped by every reload: each subscription rebuilds its context (and re-reads its
+    /// secret) before its next cycle.
+    generation: Arc<AtomicU64>,
+    client: HubClient,
+    state: StateDb,
+    permits: Arc<Semaphore>,
+    holder: String,
+    board: Arc<Board>,
+    notifier: Arc<Notifier>,
+    tasks: Vec<(Subscription, Task)>,
+    /// Tasks ended by a reload that may still be finishing a cycle (joined at stop).
+    retired: Vec<Task>,
+}
+
+impl Fleet {
+    fn settings(&self) -> Arc<Settings> {
+        self.shared
+            .read()
+            .map(|s| s.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    fn start(&mut self, timings: Vec<Timing>) {
+        let settings = self.settings();
+        self.permits = Arc::new(Semaphore::new(settings.hub.max_parallel_subscriptions));
+        for (sub, timing) in settings.subscriptions.iter().zip(timings) {
+            self.spawn(sub, timing);
+        }
+    }
+
+    fn spawn(&mut self, sub: &Subscription, timing: Timing) {
+        let (stop, shutdown) = Shutdown::new();
+        let work = SubscriptionWork {
+            shared: self.shared.clone(),
+            generation: self.generation.clone(),
+            built_for: u64::MAX,
+            name: sub.name.clone(),
+            client: self.client.clone(),
+            state: self.state.clone(),
+            shutdown: shutdown.clone(),
+            holder: self.holder.clone(),
+            board: self.board.clone(),
+            notifier: self.notifier.clone(),
+            ctx: None,
+        };
+        let task = Task::spawn(
+            sub.name.clone(),
+            timing,
+            self.permits.clone(),
+            (stop, shutdown),
+            work,
+        );
+        self.tasks.push((sub.clone(), task));
+    }
+
+    /// SIGHUP: reads the configuration again. A broken one is refused, its errors logged,
+    /// and the running one kept. Otherwise: removed subscriptions end after their current
+    /// cycle, added ones start, the others pick up the new settings (and their secret files,
+    /// re-read) at their next cycle. In-flight work is never interrupted.
+    pub fn reload(&mut self) {
+        self.notifier.reloading();
+        let path = self.settings().source.clone();
+        let new = match crate::config::load(&path) {
+            Ok(s) => s,
+            Err(errors) => {
+                for e in &errors.0 {
+                    tracing::error!(error = %e, "reload refused: configuration error");
+                }
+                tracing::error!(config = %path.display(), errors = errors.0.len(),
+                    "reload refused: the configuration has errors; the running one is kept (fix it, `hubee-sync validate`, then reload)");
+                self.notifier.ready(&self.board.line());
+                return;
+            }
+        };
+        let timings = match timings_of(&new) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "reload refused; the running configuration is kept");
+                self.notifier.ready(&self.board.line());
+                return;
+            }
+        };
+        check_spools(&new);
+        let old_tasks = std::mem::take(&mut self.tasks);
+        let new = Arc::new(new);
+        if let Ok(mut w) = self.shared.write() {
+            *w = new.clone();
+        }
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        let (mut added, mut removed, mut kept) = (0, 0, 0);
+        let mut keep: Vec<(Subscription, Task)> = Vec::new();
+        for (old_sub, task) in old_tasks {
+            match new.subscriptions.iter().find(|s| s.name == old_sub.name) {
+                Some(s) if s.schedule == old_sub.schedule => {
+                    kept += 1;
+                    keep.push((s.clone(), task));
+                }
+                _ => {
+                    // Removed, or its schedule changed: this task ends after its cycle.
+                    task.retire();
+                    removed += 1;
+                    self.retired.push(task);
+                }
+            }
+        }
+        self.tasks = keep;
+        for (sub, timing) in new.subscriptions.iter().zip(timings) {
+            if !self.tasks.iter().any(|(s, _)| s.name == sub.name) {
+                self.spawn(sub, timing);
+                added += 1;
+            }
+        }
+        self.board
+            .set_subscriptions(new.subscriptions.iter().map(|s| s.name.clone()));
+        tracing::info!(config = %path.display(), kept, added, removed,
+            "configuration reloaded; secrets are read again before each subscription's next cycle");
+        self.notifier.ready(&self.board.line());
     }
 }
 
@@ -143,20 +347,75 @@ pub enum Ending {
     Aborted,
 }
 
-/// Waits for a stop, then stops every task and waits for them (at most `drain`). Reload
-/// requests are answered here: this is where a later version swaps the set of tasks.
+/// Waits for a stop (a reload is only logged here: [`supervise_with`] does reloads), then
+/// stops every task and waits for them (at most `drain`).
 pub async fn supervise(
-    mut tasks: Vec<Task>,
+    tasks: Vec<Task>,
     controls: &mut mpsc::UnboundedReceiver<Control>,
     drain: Duration,
 ) -> Ending {
     // A stop, or the controls closed: both end the loop.
     while let Some(Control::Reload) = controls.recv().await {
-        tracing::warn!(
-            "SIGHUP received: reloading the configuration is not supported yet; \
-             nothing changed — restart the service to apply a new configuration"
-        );
+        tracing::warn!("SIGHUP received: this supervisor does not reload; nothing changed");
     }
+    drain_tasks(tasks, controls, drain).await
+}
+
+/// The daemon's loop: answers reloads, pings the watchdog while it turns, and on a stop
+/// drains every task.
+pub async fn supervise_with(
+    fleet: &mut Fleet,
+    controls: &mut mpsc::UnboundedReceiver<Control>,
+    drain: Duration,
+    watchdog: Option<Duration>,
+) -> Ending {
+    let mut ticker = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let stall = test_stall_after();
+    let started = Instant::now();
+    loop {
+        tokio::select! {
+            c = controls.recv() => match c {
+                Some(Control::Reload) => fleet.reload(),
+                Some(Control::Stop) | None => break,
+            },
+            _ = ticker.tick(), if watchdog.is_some() => {
+                if let Some(after) = stall {
+                    if started.elapsed() >= after {
+                        // Test hook (debug builds only): the loop is "stuck" from now on.
+                        tracing::warn!("test hook: the supervising loop stalls");
+                        std::future::pending::<()>().await;
+                    }
+                }
+                fleet.notifier.watchdog();
+            }
+        }
+    }
+    fleet.notifier.stopping();
+    let mut tasks: Vec<Task> = fleet.tasks.drain(..).map(|(_, t)| t).collect();
+    tasks.append(&mut fleet.retired);
+    drain_tasks(tasks, controls, drain).await
+}
+
+/// `HUBEE_SYNC_TEST_STALL_AFTER=SECONDS` (debug builds only): the supervising loop stops
+/// turning after that long, so tests can see the watchdog pings stop.
+fn test_stall_after() -> Option<Duration> {
+    if !cfg!(debug_assertions) {
+        return None;
+    }
+    let secs: f64 = std::env::var("HUBEE_SYNC_TEST_STALL_AFTER")
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs_f64(secs.max(0.0)))
+}
+
+/// Stops every task and waits for them, at most `drain`; a second stop cuts the wait.
+async fn drain_tasks(
+    mut tasks: Vec<Task>,
+    controls: &mut mpsc::UnboundedReceiver<Control>,
+    drain: Duration,
+) -> Ending {
     let running: Vec<&str> = tasks
         .iter()
         .filter(|t| t.is_running_a_cycle())
@@ -224,49 +483,71 @@ async fn second_stop(controls: &mut mpsc::UnboundedReceiver<Control>) {
     }
 }
 
-/// The real work of one subscription: builds its context (again at the next tick if that
-/// failed), runs a cycle, logs the report.
+/// The real work of one subscription: builds its context (again after a reload, or at the
+/// next tick if that failed), runs a cycle, updates the status line.
 struct SubscriptionWork {
-    settings: Arc<Settings>,
-    sub: Subscription,
+    shared: Arc<RwLock<Arc<Settings>>>,
+    generation: Arc<AtomicU64>,
+    /// The generation the context was built for.
+    built_for: u64,
+    name: String,
     client: HubClient,
     state: StateDb,
     /// The task's stop signal, given to the context so that the cycle sees it.
     shutdown: Shutdown,
     holder: String,
-    /// Built at the first cycle that can; kept afterwards (its token is cached).
+    board: Arc<Board>,
+    notifier: Arc<Notifier>,
+    /// Built at the first cycle that can; kept until a reload (its token is cached).
     ctx: Option<SubscriptionCtx>,
 }
 
 impl Cycle for SubscriptionWork {
     async fn run(&mut self) {
-        if self.ctx.is_none() {
+        let generation = self.generation.load(Ordering::SeqCst);
+        if self.ctx.is_none() || self.built_for != generation {
+            let settings = self
+                .shared
+                .read()
+                .map(|s| s.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            let Some(sub) = settings.subscriptions.iter().find(|s| s.name == self.name) else {
+                return; // removed by a reload; the task is retiring
+            };
             match app::subscription_ctx(
-                &self.settings,
-                &self.sub,
+                &settings,
+                sub,
                 &self.client,
                 &self.state,
                 self.shutdown.clone(),
                 Arc::default(),
             ) {
-                Ok(ctx) => self.ctx = Some(ctx),
+                Ok(ctx) => {
+                    self.ctx = Some(ctx);
+                    self.built_for = generation;
+                }
                 Err(e) => {
-                    tracing::error!(subscription = %self.sub.name, error = %e,
+                    self.ctx = None;
+                    tracing::error!(subscription = %self.name, error = %e,
                         "subscription cannot run this cycle; fix the cause, it is tried again at its next tick");
-                    if let Err(se) = self
-                        .state
-                        .record_poll(&self.sub.name, false, Some(&e))
-                        .await
-                    {
-                        tracing::error!(subscription = %self.sub.name, error = %se, "cannot record the poll outcome");
+                    if let Err(se) = self.state.record_poll(&self.name, false, Some(&e)).await {
+                        tracing::error!(subscription = %self.name, error = %se, "cannot record the poll outcome");
                     }
+                    self.board.record(&crate::sync::CycleReport {
+                        subscription: self.name.clone(),
+                        fatal: Some(e),
+                        ..Default::default()
+                    });
+                    self.notifier.status(&self.board.line());
                     return;
                 }
             }
         }
         let Some(ctx) = &self.ctx else { return };
         // run_cycle logs its own report (events::cycle_done).
-        run_cycle(ctx, &self.holder).await;
+        let report = run_cycle(ctx, &self.holder).await;
+        self.board.record(&report);
+        self.notifier.status(&self.board.line());
     }
 }
 

@@ -35,6 +35,9 @@ pub struct Task {
     /// Tells this task (and the cycle it runs) to stop. One per task, so that a reload can
     /// later stop one subscription without touching the others.
     stop: watch::Sender<bool>,
+    /// Tells this task to end after its current cycle, without touching that cycle (a
+    /// reload that removes or replaces the subscription).
+    retire: watch::Sender<bool>,
     /// `true` while a cycle runs (for the log line of a drain that timed out).
     running: Arc<AtomicBool>,
     handle: JoinHandle<()>,
@@ -52,17 +55,19 @@ impl Task {
         cycle: impl Cycle,
     ) -> Task {
         let running = Arc::new(AtomicBool::new(false));
+        let (retire, retired) = watch::channel(false);
         let handle = tokio::spawn(schedule_loop(
             name.clone(),
             timing,
             permits,
-            shutdown,
+            Shutdown::merge(&shutdown, retired),
             running.clone(),
             cycle,
         ));
         Task {
             name,
             stop,
+            retire,
             running,
             handle,
         }
@@ -71,6 +76,11 @@ impl Task {
     /// Asks the task to stop: no new cycle starts; a running one abandons its downloads.
     pub fn stop(&self) {
         self.stop.send_replace(true);
+    }
+
+    /// Asks the task to end after the cycle it may be running, which goes on undisturbed.
+    pub fn retire(&self) {
+        self.retire.send_replace(true);
     }
 
     pub fn is_running_a_cycle(&self) -> bool {
@@ -96,6 +106,8 @@ impl Task {
     }
 }
 
+/// `stop` fires on a stop or a retirement: it ends the loop's waits. The cycle watches only
+/// the task's stop signal, which a retirement leaves alone.
 async fn schedule_loop(
     name: String,
     timing: Timing,

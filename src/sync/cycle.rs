@@ -84,6 +84,26 @@ impl Shutdown {
         *self.0.borrow()
     }
 
+    /// A signal that fires when `a` fires or when `b` becomes true.
+    pub fn merge(a: &Shutdown, b: tokio::sync::watch::Receiver<bool>) -> Shutdown {
+        let (tx, rx) = tokio::sync::watch::channel(a.is_requested() || *b.borrow());
+        let (a, mut b) = (a.clone(), b);
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = a.requested() => {}
+                _ = async {
+                    while !*b.borrow_and_update() {
+                        if b.changed().await.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                } => {}
+            }
+            let _ = tx.send(true);
+        });
+        Shutdown(rx, None)
+    }
+
     /// Resolves when a stop is requested.
     pub async fn requested(&self) {
         let mut rx = self.0.clone();

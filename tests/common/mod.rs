@@ -1,6 +1,8 @@
 //! Shared test helpers: throwaway PostgreSQL databases, temporary configs, the binary.
 #![allow(dead_code)]
 
+pub mod daemon;
+
 use std::path::{Path, PathBuf};
 
 /// The PostgreSQL server the tests use (scripts/test.sh starts one if needed).
