@@ -11,6 +11,7 @@
 
 pub mod app;
 pub mod config;
+pub mod crashpoint;
 pub mod daemon;
 pub mod deliver;
 pub mod events;

@@ -194,6 +194,7 @@ async fn receipt(
                 .patch_case_status(&key.case_id, step.as_str())
                 .await
                 .map_err(|e| ItemError::hub(e, "setting the receipt status"))?;
+            crate::crashpoint::point("after_patch");
         }
     }
     let event = NewEvent {
@@ -211,6 +212,7 @@ async fn receipt(
     };
     match ctx.session.post_event(&key.case_id, &event).await {
         Ok(ev) => {
+            crate::crashpoint::point("after_event_post");
             ctx.state.record_receipt_done(key, ev.id.as_deref()).await?;
             Ok(())
         }

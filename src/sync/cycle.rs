@@ -474,6 +474,7 @@ async fn work(ctx: &SubscriptionCtx, item: &WorkItem) -> Result<CaseOutcome, Ite
 
 /// DELETEs the notification once its work is durably done, and records it.
 async fn acknowledge(ctx: &SubscriptionCtx, item: &WorkItem, nid: &str) -> Result<(), ItemError> {
+    crate::crashpoint::point("before_delete");
     ctx.session
         .delete_notification(nid)
         .await
@@ -606,6 +607,7 @@ pub async fn publish_recorded(
         .map_err(ItemError::spool)?
     {
         PublishOutcome::Published(path) => {
+            crate::crashpoint::point("after_rename");
             ctx.state.advance(&row.key, Stage::Published).await?;
             ctx.progress.add_entry();
             crate::events::published(

@@ -161,6 +161,7 @@ async fn fetch_once(
             });
         }
         writer.write(&chunk).await.map_err(spool_err)?;
+        crate::crashpoint::point("during_download");
         progress.add_bytes(chunk.len() as u64);
     }
     if got != file.expected_size {

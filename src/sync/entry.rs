@@ -112,8 +112,10 @@ pub async fn publish(
             let files_json = serde_json::to_string(&manifest.attachments).ok();
             let sequence = manifest.sequence as i64;
             let tmp = pending.seal(&manifest).await.map_err(ItemError::spool)?;
+            crate::crashpoint::point("after_seal");
             let row = row_for(&src, Some(tmp.display().to_string()), sequence, files_json);
             ctx.state.record_intent(&row).await?;
+            crate::crashpoint::point("after_intent");
             publish_recorded(ctx, &row, &tmp).await?;
             Ok(Publication::Done)
         }
