@@ -73,12 +73,12 @@ pub fn subscription_ctx(
     let spool = match &sub.delivery {
         Delivery::Spool { path, group } => Spool::open(path, group.as_deref())
             .map_err(|e| format!("subscription {}: {e}", sub.name))?,
-        Delivery::Database { .. } => {
-            return Err(format!(
-                "subscription {}: delivery = \"database\" is not available in this version; use delivery = \"spool\"",
-                sub.name
-            ))
-        }
+        Delivery::Database { spool, group, .. } => Spool::open(spool, group.as_deref())
+            .map_err(|e| format!("subscription {}: {e}", sub.name))?,
+    };
+    let database_url = match &sub.delivery {
+        Delivery::Database { url, .. } => Some(url.expose().to_string()),
+        Delivery::Spool { .. } => None,
     };
     Ok(SubscriptionCtx {
         name: sub.name.clone(),
@@ -94,6 +94,8 @@ pub fn subscription_ctx(
         shutdown,
         quarantine_after: sub.quarantine_after,
         progress,
+        database_url,
+        database: tokio::sync::OnceCell::new(),
     })
 }
 
@@ -549,14 +551,46 @@ pub async fn check(path: &std::path::Path) -> ExitCode {
         }
         match &sub.delivery {
             Delivery::Spool { path, group } => match Spool::open(path, group.as_deref()) {
-                Ok(_) => lines.push(CheckLine { ok: true, what: format!("{who}: spool {}", path.display()), detail: "writable".into() }),
-                Err(e) => lines.push(CheckLine { ok: false, what: format!("{who}: spool {}", path.display()), detail: e.to_string() }),
+                Ok(_) => lines.push(CheckLine {
+                    ok: true,
+                    what: format!("{who}: spool {}", path.display()),
+                    detail: "writable".into(),
+                }),
+                Err(e) => lines.push(CheckLine {
+                    ok: false,
+                    what: format!("{who}: spool {}", path.display()),
+                    detail: e.to_string(),
+                }),
             },
-            Delivery::Database { .. } => lines.push(CheckLine {
-                ok: false,
-                what: format!("{who}: delivery"),
-                detail: "delivery = \"database\" is not available in this version; use delivery = \"spool\"".into(),
-            }),
+            Delivery::Database { url, spool, group } => {
+                match Spool::open(spool, group.as_deref()) {
+                    Ok(_) => lines.push(CheckLine {
+                        ok: true,
+                        what: format!("{who}: spool {} (quarantine, outbox)", spool.display()),
+                        detail: "writable".into(),
+                    }),
+                    Err(e) => lines.push(CheckLine {
+                        ok: false,
+                        what: format!("{who}: spool {}", spool.display()),
+                        detail: e.to_string(),
+                    }),
+                }
+                match crate::deliver::database::BusinessDb::open(url.expose()).await {
+                    Ok(db) => {
+                        lines.push(CheckLine {
+                            ok: true,
+                            what: format!("{who}: delivery database {}", db.place()),
+                            detail: "opened, tables up to date".into(),
+                        });
+                        db.close().await;
+                    }
+                    Err(e) => lines.push(CheckLine {
+                        ok: false,
+                        what: format!("{who}: delivery database"),
+                        detail: e.to_string(),
+                    }),
+                }
+            }
         }
     }
     if let Some(email) = &settings.email {

@@ -402,6 +402,15 @@ impl FakeHub {
             .uploaded(case_id, event_id, attachment_id)
     }
 
+    /// SHA-256 (hex) of the bytes served for an attachment of a case or of one of its events.
+    pub fn attachment_sha256(&self, case_id: &str, attachment_id: &str) -> Option<String> {
+        let content = self
+            .inner
+            .state()
+            .attachment_content(case_id, attachment_id)?;
+        Some(content.sha256_hex())
+    }
+
     /// Computes the digest of every generated file now rather than on its first download
     /// (so a benchmark does not time the fake's hashing).
     pub async fn precompute_digests(&self) {

@@ -664,6 +664,24 @@ impl State {
     }
 
     /// Generated files whose digest is not computed yet.
+    /// The content served for a case's (or its events') attachment.
+    pub fn attachment_content(&self, case_id: &str, att_id: &str) -> Option<Arc<Content>> {
+        let case = self.cases.get(case_id)?;
+        let from_events = case
+            .events
+            .iter()
+            .filter_map(|e| self.events.get(e))
+            .flat_map(|e| e.attachments.iter());
+        case.attachments
+            .iter()
+            .chain(from_events)
+            .find(|a| a.id == att_id)
+            .and_then(|a| match &a.blob {
+                Blob::Content(c) => Some(Arc::clone(c)),
+                _ => None,
+            })
+    }
+
     pub fn digest_jobs(&self) -> Vec<(Arc<Content>, Arc<OnceCell<String>>)> {
         let case_atts = self.cases.values().flat_map(|c| c.attachments.iter());
         let event_atts = self.events.values().flat_map(|e| e.attachments.iter());

@@ -180,8 +180,13 @@ pub enum Delivery {
         group: Option<String>,
     },
     /// A business database: `postgres://…`, or `sqlite:///abs/path` (a relative SQLite path
-    /// was resolved against the directory of the file that names it).
-    Database { url: Secret },
+    /// was resolved against the directory of the file that names it). The spool still holds
+    /// quarantine/ and outbox/.
+    Database {
+        url: Secret,
+        spool: PathBuf,
+        group: Option<String>,
+    },
 }
 
 /// What validation may look at in the environment (so tests need not change it).
@@ -814,6 +819,47 @@ fn secret_source(
     Some(source)
 }
 
+/// Where a subscription's spool is, and its group: `spool` (absolute, no `..`), by default
+/// SPOOL_ROOT/NAME; `spool_group` a plain group name.
+fn spool_location(
+    s: &SubscriptionInputs,
+    name: Option<&str>,
+    errors: &mut Collector,
+) -> Option<(PathBuf, Option<String>)> {
+    let file = s.file.as_path();
+    let key = |k: &str| format!("{}.{k}", s.label);
+    let mut ok = true;
+    let group = match &s.spool_group {
+        Some(g) if !valid_group(g) => {
+            errors.push(file, key("spool_group"), format!("{g:?} is not a group name"), "write the name of the group of the software that reads the spool, e.g. \"etatcivil\"");
+            ok = false;
+            None
+        }
+        other => other.clone(),
+    };
+    let path = match &s.spool {
+        Some(p) => {
+            let path = Path::new(p);
+            if !path.is_absolute() || path.components().any(|c| matches!(c, Component::ParentDir)) {
+                errors.push(
+                    file,
+                    key("spool"),
+                    format!("{p:?} is not an absolute path without .."),
+                    format!(
+                        "write the full path, e.g. \"{}/{}\"",
+                        defaults::SPOOL_ROOT,
+                        name.unwrap_or("NAME")
+                    ),
+                );
+                return None;
+            }
+            path.components().collect::<PathBuf>()
+        }
+        None => Path::new(defaults::SPOOL_ROOT).join(name?),
+    };
+    ok.then_some((path, group))
+}
+
 fn delivery(
     s: &SubscriptionInputs,
     name: Option<&str>,
@@ -829,54 +875,12 @@ fn delivery(
                 errors.push(file, key("database_url"), "is set, but delivery is \"spool\"", "write delivery = \"database\" to deliver into that database, or remove database_url");
                 ok = false;
             }
-            let group = match &s.spool_group {
-                Some(g) if !valid_group(g) => {
-                    errors.push(file, key("spool_group"), format!("{g:?} is not a group name"), "write the name of the group of the software that reads the spool, e.g. \"etatcivil\"");
-                    ok = false;
-                    None
-                }
-                other => other.clone(),
-            };
-            let path = match &s.spool {
-                Some(p) => {
-                    let path = Path::new(p);
-                    if !path.is_absolute()
-                        || path.components().any(|c| matches!(c, Component::ParentDir))
-                    {
-                        errors.push(
-                            file,
-                            key("spool"),
-                            format!("{p:?} is not an absolute path without .."),
-                            format!(
-                                "write the full path, e.g. \"{}/{}\"",
-                                defaults::SPOOL_ROOT,
-                                name.unwrap_or("NAME")
-                            ),
-                        );
-                        return None;
-                    }
-                    path.components().collect::<PathBuf>()
-                }
-                None => Path::new(defaults::SPOOL_ROOT).join(name?),
-            };
+            let (path, group) = spool_location(s, name, errors)?;
             ok.then_some(Delivery::Spool { path, group })
         }
         "database" => {
-            let mut ok = true;
-            for (k, set) in [
-                ("spool", s.spool.is_some()),
-                ("spool_group", s.spool_group.is_some()),
-            ] {
-                if set {
-                    errors.push(
-                        file,
-                        key(k),
-                        "is set, but delivery is \"database\"",
-                        format!("remove {k}, or write delivery = \"spool\""),
-                    );
-                    ok = false;
-                }
-            }
+            // The spool still holds quarantine/ and outbox/ for a database subscription.
+            let location = spool_location(s, name, errors);
             let text = required(&s.database_url, file, &key("database_url"), "database_url = \"postgres://user@host/db\" (or \"sqlite:///path/to/file.db\"), since delivery = \"database\"", errors)?;
             let url = match parse_database_url(text, dir) {
                 Ok(DbUrl::Sqlite(path)) => Secret::new(format!("sqlite://{}", path.display())),
@@ -891,7 +895,8 @@ fn delivery(
                     return None;
                 }
             };
-            ok.then_some(Delivery::Database { url })
+            let (spool, group) = location?;
+            Some(Delivery::Database { url, spool, group })
         }
         other => {
             let fix = match closest(other, ["spool", "database"]) {
@@ -922,9 +927,9 @@ fn valid_group(g: &str) -> bool {
 fn check_spools(subs: &[Subscription], inputs: &[SubscriptionInputs], errors: &mut Collector) {
     let spools: Vec<(&Path, &Subscription)> = subs
         .iter()
-        .filter_map(|s| match &s.delivery {
-            Delivery::Spool { path, .. } => Some((path.as_path(), s)),
-            Delivery::Database { .. } => None,
+        .map(|s| match &s.delivery {
+            Delivery::Spool { path, .. } => (path.as_path(), s),
+            Delivery::Database { spool, .. } => (spool.as_path(), s),
         })
         .collect();
     for (i, (path, sub)) in spools.iter().enumerate() {

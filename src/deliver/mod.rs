@@ -3,6 +3,7 @@
 //! privately in `tmp/`, seals them (fsync, SHA256SUMS) and publishes them into `new/` with one
 //! atomic rename that never replaces anything.
 
+pub mod database;
 pub mod names;
 pub mod spool;
 

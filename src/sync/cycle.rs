@@ -38,6 +38,25 @@ pub struct SubscriptionCtx {
     pub quarantine_after: Duration,
     /// Counters for a progress display (shared by every subscription of a run).
     pub progress: std::sync::Arc<Progress>,
+    /// For `delivery = "database"`: the business database's URL, opened at first use.
+    pub database_url: Option<String>,
+    pub database: tokio::sync::OnceCell<crate::deliver::database::BusinessDb>,
+}
+
+impl SubscriptionCtx {
+    /// The business database, opened (and migrated) at first use.
+    pub async fn business_db(
+        &self,
+    ) -> Result<Option<&crate::deliver::database::BusinessDb>, ItemError> {
+        let Some(url) = &self.database_url else {
+            return Ok(None);
+        };
+        self.database
+            .get_or_try_init(|| crate::deliver::database::BusinessDb::open(url))
+            .await
+            .map(Some)
+            .map_err(ItemError::Database)
+    }
 }
 
 /// What has been received so far, for `once` on a terminal.
@@ -133,6 +152,8 @@ pub enum ItemError {
     #[error("{0}")]
     Spool(#[source] SpoolError),
     #[error("{0}")]
+    Database(#[source] crate::deliver::database::DbError),
+    #[error("{0}")]
     State(#[from] StateError),
     /// The hub sent something we refuse to deliver as it is.
     #[error("{0}")]
@@ -158,7 +179,7 @@ impl ItemError {
     fn stops_cycle(&self) -> bool {
         match self {
             ItemError::Hub { source, .. } => source.is_auth(),
-            ItemError::Spool(_) | ItemError::State(_) => true,
+            ItemError::Spool(_) | ItemError::State(_) | ItemError::Database(_) => true,
             ItemError::Download(d) => d.is_local(),
             _ => false,
         }

@@ -43,6 +43,8 @@ pub enum DownloadError {
         attachment_id: String,
         detail: String,
     },
+    #[error("{0}")]
+    Database(crate::deliver::database::DbError),
     #[error("attachment {attachment_id}: cannot write into the spool: {source}")]
     Spool {
         attachment_id: String,
@@ -54,7 +56,10 @@ pub enum DownloadError {
 impl DownloadError {
     /// Local failures (disk full, permissions) are not the hub's: retrying now won't help.
     pub fn is_local(&self) -> bool {
-        matches!(self, DownloadError::Spool { .. } | DownloadError::Cancelled)
+        matches!(
+            self,
+            DownloadError::Spool { .. } | DownloadError::Cancelled | DownloadError::Database(_)
+        )
     }
 }
 
@@ -100,12 +105,96 @@ pub async fn fetch_verified(
     }
 }
 
+/// Where a downloaded file goes: a spool file or database chunks. It hashes what it stores.
+pub trait Sink {
+    fn write(
+        &mut self,
+        chunk: &[u8],
+    ) -> impl std::future::Future<Output = Result<(), DownloadError>> + Send;
+    /// Makes it durable as far as the sink goes; the size and SHA-256 of what was stored.
+    fn finish(
+        self,
+    ) -> impl std::future::Future<Output = Result<(u64, [u8; 32]), DownloadError>> + Send;
+}
+
+struct SpoolSink {
+    writer: crate::deliver::FileWriter,
+    attachment_id: String,
+}
+
+impl Sink for SpoolSink {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), DownloadError> {
+        self.writer
+            .write(chunk)
+            .await
+            .map_err(|source| DownloadError::Spool {
+                attachment_id: self.attachment_id.clone(),
+                source,
+            })
+    }
+    async fn finish(self) -> Result<(u64, [u8; 32]), DownloadError> {
+        let aid = self.attachment_id;
+        let w = self
+            .writer
+            .finish()
+            .await
+            .map_err(|source| DownloadError::Spool {
+                attachment_id: aid,
+                source,
+            })?;
+        Ok((w.size, w.sha256))
+    }
+}
+
+impl Sink for crate::deliver::database::ChunkWriter<'_> {
+    async fn write(&mut self, chunk: &[u8]) -> Result<(), DownloadError> {
+        crate::deliver::database::ChunkWriter::write(self, chunk)
+            .await
+            .map_err(DownloadError::Database)
+    }
+    async fn finish(self) -> Result<(u64, [u8; 32]), DownloadError> {
+        crate::deliver::database::ChunkWriter::finish(self)
+            .await
+            .map_err(DownloadError::Database)
+    }
+}
+
 async fn fetch_once(
     session: &HubSession,
     entry: &PendingEntry,
     file: &FileRef<'_>,
     progress: &Progress,
 ) -> Result<WrittenFile, DownloadError> {
+    let (size, sha256) = fetch_into(session, file, progress, || async {
+        let writer =
+            entry
+                .create_file(file.rel_path)
+                .await
+                .map_err(|source| DownloadError::Spool {
+                    attachment_id: file.attachment_id.to_string(),
+                    source,
+                })?;
+        Ok(SpoolSink {
+            writer,
+            attachment_id: file.attachment_id.to_string(),
+        })
+    })
+    .await?;
+    Ok(WrittenFile {
+        rel_path: file.rel_path.to_string(),
+        size,
+        sha256,
+    })
+}
+
+/// One download into a sink opened once the hub has answered: streamed, counted, hashed,
+/// and checked against the announced size and digest.
+pub async fn fetch_into<S: Sink, F: std::future::Future<Output = Result<S, DownloadError>>>(
+    session: &HubSession,
+    file: &FileRef<'_>,
+    progress: &Progress,
+    open: impl FnOnce() -> F,
+) -> Result<(u64, [u8; 32]), DownloadError> {
     let aid = file.attachment_id.to_string();
     let mut dl: Download = match file.event_id {
         None => {
@@ -144,11 +233,7 @@ async fn fetch_once(
             });
         }
     }
-    let spool_err = |source| DownloadError::Spool {
-        attachment_id: file.attachment_id.to_string(),
-        source,
-    };
-    let mut writer = entry.create_file(file.rel_path).await.map_err(spool_err)?;
+    let mut sink = open().await?;
     let mut got: u64 = 0;
     while let Some(chunk) = dl.chunk().await? {
         got += chunk.len() as u64;
@@ -160,7 +245,7 @@ async fn fetch_once(
                 more: "more",
             });
         }
-        writer.write(&chunk).await.map_err(spool_err)?;
+        sink.write(&chunk).await?;
         crate::crashpoint::point("during_download");
         progress.add_bytes(chunk.len() as u64);
     }
@@ -172,16 +257,16 @@ async fn fetch_once(
             more: "fewer",
         });
     }
-    // The writer hashed exactly the bytes that reached the file.
-    let written = writer.finish().await.map_err(spool_err)?;
+    // The sink hashed exactly the bytes it stored.
+    let (size, sha256) = sink.finish().await?;
     if let Some(expected) = expected_digest {
-        if expected != written.sha256 {
+        if expected != sha256 {
             return Err(DownloadError::DigestMismatch {
                 attachment_id: aid,
                 expected: crate::hubee::client::digest_header(&expected),
-                got: crate::hubee::client::digest_header(&written.sha256),
+                got: crate::hubee::client::digest_header(&sha256),
             });
         }
     }
-    Ok(written)
+    Ok((size, sha256))
 }

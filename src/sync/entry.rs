@@ -8,7 +8,8 @@ use crate::hubee::model::Attachment;
 use crate::state::{DeliveryKey, DeliveryRow, Stage};
 
 use super::cycle::{publish_recorded, ItemError, SubscriptionCtx};
-use super::download::{fetch_verified, FileRef};
+use super::download::{fetch_into, fetch_verified, DownloadError, FileRef};
+use crate::deliver::database::{AttachmentRecord, Begun, BusinessDb, DbTxn, DeliveryRecord};
 
 /// What to put in an entry.
 pub struct EntrySource<'a> {
@@ -78,6 +79,9 @@ pub async fn publish(
     ctx: &SubscriptionCtx,
     src: EntrySource<'_>,
 ) -> Result<Publication, ItemError> {
+    if let Some(db) = ctx.business_db().await? {
+        return publish_db(ctx, db, src).await;
+    }
     // Our entry may already be there although the state does not know it (state database
     // restored from a backup, or lost): recognise it by its manifest, never write it twice.
     if !matches!(ctx.spool.find_entry(&src.entry_name), EntryLocation::Absent) {
@@ -238,4 +242,161 @@ async fn fill(
         sequence: sequence.max(0) as u64,
         attachments: listed,
     })
+}
+
+/// One delivery as one transaction in the business database (CONTRACT, "Database layout"):
+/// the row, every file as chunks (verified), then COMMIT; a redelivery finds the row by its
+/// unique key and writes nothing. The state records it published only after the commit.
+async fn publish_db(
+    ctx: &SubscriptionCtx,
+    db: &BusinessDb,
+    src: EntrySource<'_>,
+) -> Result<Publication, ItemError> {
+    if let Some(attachment_id) = precheck(src.attachments)? {
+        crate::events::waiting(
+            &ctx.name,
+            &src.key.case_id,
+            &src.external_id,
+            &attachment_id,
+        );
+        return Ok(Publication::Waiting { attachment_id });
+    }
+    let case: serde_json::Value = serde_json::from_slice(src.case_raw).unwrap_or_default();
+    let event: Option<serde_json::Value> =
+        src.event_raw.and_then(|e| serde_json::from_slice(e).ok());
+    let record = DeliveryRecord {
+        subscription: ctx.name.clone(),
+        kind: src.kind.to_string(),
+        case_id: src.key.case_id.clone(),
+        event_id: src.key.event_id.clone(),
+        round: src.key.round,
+        external_id: src.external_id.clone(),
+        process_code: src.process_code.clone(),
+        case_status: case["status"].as_str().map(str::to_string),
+        action_type: event
+            .as_ref()
+            .and_then(|e| e["actionType"].as_str().map(str::to_string)),
+        message: event
+            .as_ref()
+            .and_then(|e| e["message"].as_str().map(str::to_string)),
+        case_json: String::from_utf8_lossy(src.case_raw).into_owned(),
+        event_json: src
+            .event_raw
+            .map(|e| String::from_utf8_lossy(e).into_owned()),
+        received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let delivery_id = match db.begin(&record).await.map_err(ItemError::Database)? {
+        Begun::Exists(id) => id,
+        Begun::New(mut txn) => {
+            match fill_db(ctx, &mut txn, &src).await {
+                Ok(()) => {}
+                Err(e) => {
+                    txn.rollback().await;
+                    return Err(e);
+                }
+            }
+            let id = txn.delivery_id();
+            txn.commit().await.map_err(ItemError::Database)?;
+            crate::crashpoint::point("after_db_commit");
+            id
+        }
+    };
+    let mut row = row_for(&src, None, delivery_id, None);
+    row.entry_name = format!("database:{}#{delivery_id}", db.place());
+    ctx.state.record_intent(&row).await?;
+    ctx.state.advance(src.key, Stage::Published).await?;
+    ctx.progress.add_entry();
+    crate::events::published(
+        &ctx.name,
+        &src.key.case_id,
+        &src.external_id,
+        &src.key.event_id,
+        &row.entry_name,
+    );
+    if src.kind != "event" {
+        super::cycle::note(
+            ctx,
+            if src.kind == "reopen" { "reopened" } else { "received" },
+            &src.key.case_id,
+            Some(&src.external_id),
+            None,
+            serde_json::json!({
+                "entry": row.entry_name,
+                "delivery_id": delivery_id,
+                "files": src.attachments.iter().filter(|a| a.status.as_deref() == Some("RECEIVED")).count(),
+                "round": src.key.round,
+                "unusable": src.attachments.iter().filter(|a| a.status.as_deref() != Some("RECEIVED"))
+                    .map(|a| serde_json::json!({"file_name": a.file_name, "status": a.status, "attachment_id": a.id}))
+                    .collect::<Vec<_>>(),
+            }),
+        )
+        .await;
+    }
+    Ok(Publication::Done)
+}
+
+/// Every file into the open transaction, one after the other (one connection), each with
+/// its download attempts; metadata rows after their verified chunks.
+async fn fill_db(
+    ctx: &SubscriptionCtx,
+    txn: &mut DbTxn,
+    src: &EntrySource<'_>,
+) -> Result<(), ItemError> {
+    for a in src.attachments {
+        let status = a.status.clone().unwrap_or_default();
+        let aid = a.id.clone().unwrap_or_default();
+        let mut rec = AttachmentRecord {
+            attachment_id: aid.clone(),
+            file_name: a.file_name.clone().unwrap_or_default(),
+            type_: a.type_.clone().unwrap_or_default(),
+            mime_type: a.mime_type.clone().unwrap_or_default(),
+            size: a.size.unwrap_or(0),
+            sha256: None,
+            status: status.clone(),
+        };
+        if status == "RECEIVED" {
+            let file = FileRef {
+                case_id: &src.key.case_id,
+                event_id: src.event_id,
+                attachment_id: &aid,
+                expected_size: rec.size,
+                rel_path: "",
+            };
+            let mut tries = 0;
+            let (size, sha) = loop {
+                tries += 1;
+                let attempt = tokio::select! {
+                    r = fetch_into(&ctx.session, &file, &ctx.progress, || async { Ok(txn.writer(&aid)) }) => r,
+                    _ = ctx.shutdown.requested() => Err(DownloadError::Cancelled),
+                };
+                match attempt {
+                    Ok(v) => break v,
+                    Err(e)
+                        if e.is_local()
+                            || tries >= ctx.download_attempts.max(1)
+                            || ctx.shutdown.is_requested() =>
+                    {
+                        return Err(e.into())
+                    }
+                    Err(e) => {
+                        tracing::warn!(subscription = %ctx.name, case_id = %src.key.case_id,
+                            attachment_id = %aid, attempt = tries, error = %e,
+                            "download failed verification or broke off, retrying");
+                        txn.discard_chunks(&aid)
+                            .await
+                            .map_err(ItemError::Database)?;
+                        let delay = ctx
+                            .retry_base_delay
+                            .saturating_mul(1 << (tries - 1).min(10))
+                            .mul_f64(0.5 + fastrand::f64() * 0.5);
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            };
+            rec.size = size;
+            rec.sha256 = Some(hex::encode(sha));
+        }
+        txn.attachment(&rec).await.map_err(ItemError::Database)?;
+    }
+    Ok(())
 }
