@@ -72,6 +72,10 @@ if [ "$(package_status)" != not-installed ]; then
     note "hubee-sync is installed ($(package_status)): purging it first"
     dpkg --purge hubee-sync >"$work/leftover-purge.log" 2>&1 || { cat "$work/leftover-purge.log"; die "cannot purge the installed hubee-sync"; }
 fi
+if dpkg-statoverride --list $CONF >/dev/null 2>&1; then
+    note "removing a stat override on $CONF left by an earlier run: $(dpkg-statoverride --list $CONF)"
+    dpkg-statoverride --remove $CONF
+fi
 [ -e "$SPOOLS" ] && die "$SPOOLS exists: it may hold deliveries; look at it and remove it by hand"
 if getent passwd hubee-sync >/dev/null; then
     user_existed=yes
@@ -126,8 +130,14 @@ done
 note "$(dpkg-deb -f "$deb" Package Version Architecture Depends Recommends | tr '\n' ' ')"
 
 step "dpkg -i"
-if dpkg -i "$deb" >"$work/install.log" 2>&1; then pass "dpkg -i $deb"; else fail "dpkg -i $deb"; fi
-sed 's/^/      | /' "$work/install.log"
+if dpkg -i "$deb" >"$work/install.log" 2>&1; then
+    pass "dpkg -i $deb"
+    sed 's/^/      | /' "$work/install.log"
+else
+    fail "dpkg -i $deb"
+    sed 's/^/      | /' "$work/install.log"
+    die "cannot go on without the package installed; FAIL"
+fi
 check "package state is installed" [ "$(package_status)" = installed ]
 
 step "Installed files, owners and modes"
