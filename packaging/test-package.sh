@@ -12,8 +12,7 @@
 #
 # Environment: HUBEE_SYNC_DEB=path.deb tests that package instead of building one.
 set -uo pipefail
-cd "$(dirname "$0")/.."
-root=$PWD
+cd "$(dirname "$0")/.." || exit 2
 
 CARGO_DEB_VERSION=3.8.0 # builds with rustc >= 1.85
 MAX_EXPOSURE=15         # systemd-analyze security's 0-100 scale: 15 is "1.5"
@@ -108,7 +107,7 @@ else
     t0=$(date +%s)
     mkdir -p target/debian
     cargo deb --locked --output target/debian/ >"$work/cargo-deb.out" 2>"$work/cargo-deb.log" || { cat "$work/cargo-deb.log"; die "cargo deb failed"; }
-    deb=$(tail -n 1 "$work/cargo-deb.out")
+    deb=$(grep '\.deb$' "$work/cargo-deb.out" | tail -n 1) # beside it, the -dbgsym .ddeb
     note "built $deb in $(($(date +%s) - t0))s"
 fi
 [ -f "$deb" ] || die "no package at $deb"
@@ -264,7 +263,7 @@ owner_mode $SPOOLS/e2e/new hubee-sync:hubee-sync 2770
 entries=$(find $SPOOLS/e2e/new -mindepth 1 -maxdepth 1 -type d 2>/dev/null | wc -l)
 check "3 entries in $SPOOLS/e2e/new (found $entries)" [ "$entries" -eq 3 ]
 sums_ok=0
-for e in $SPOOLS/e2e/new/*/; do (cd "$e" && sha256sum --quiet -c SHA256SUMS) && sums_ok=$((sums_ok + 1)); done
+for e in "$SPOOLS"/e2e/new/*/; do (cd "$e" && sha256sum --quiet -c SHA256SUMS) && sums_ok=$((sums_ok + 1)); done
 check "sha256sum -c SHA256SUMS passes in every entry ($sums_ok)" [ "$sums_ok" -eq "$entries" ]
 owner_mode /var/lib/hubee-sync/state.db hubee-sync:hubee-sync "$(stat -c %a /var/lib/hubee-sync/state.db 2>/dev/null)"
 if as_service /usr/bin/hubee-sync status >"$work/status.txt" 2>&1; then pass "status, as hubee-sync"; else fail "status, as hubee-sync"; sed 's/^/      | /' "$work/status.txt"; fi
