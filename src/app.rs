@@ -136,6 +136,24 @@ pub fn load_or_report(path: &std::path::Path) -> Result<Settings, ExitCode> {
     })
 }
 
+/// The state database and the hub client, or the exit code after saying why.
+async fn open_state_and_client(settings: &Settings) -> Result<(StateDb, HubClient), ExitCode> {
+    let state = StateDb::open(&state_location(settings))
+        .await
+        .map_err(|e| {
+            eprintln!("{e}");
+            ExitCode::from(EXIT_FAILURE)
+        })?;
+    match HubClient::new(hub_config(settings)) {
+        Ok(c) => Ok((state, c)),
+        Err(e) => {
+            eprintln!("{e}");
+            state.close().await;
+            Err(ExitCode::from(EXIT_CONFIG))
+        }
+    }
+}
+
 /// `once`: one complete cycle of every (or the named) subscription.
 pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
     if let Err(e) = refuse_root_on_service_state(&settings) {
@@ -169,19 +187,9 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
         );
         return ExitCode::from(EXIT_OK);
     }
-    let state = match StateDb::open(&state_location(&settings)).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let client = match HubClient::new(hub_config(&settings)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let (state, client) = match open_state_and_client(&settings).await {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let holder = holder_description("once");
     let mut all_ok = true;
@@ -388,19 +396,9 @@ pub async fn redeliver(settings: Settings, subscription: &str, case_id: &str) ->
         );
         return ExitCode::from(EXIT_USAGE);
     };
-    let state = match StateDb::open(&state_location(&settings)).await {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_FAILURE);
-        }
-    };
-    let client = match HubClient::new(hub_config(&settings)) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(EXIT_CONFIG);
-        }
+    let (state, client) = match open_state_and_client(&settings).await {
+        Ok(both) => both,
+        Err(code) => return code,
     };
     let ctx = match subscription_ctx(
         &settings,

@@ -256,3 +256,23 @@ async fn state_on_postgres_behaves_like_sqlite_and_survives_a_killed_connection(
     assert_eq!(code, 0, "{st}");
     pg.drop_now().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delivery_database_newer_than_the_binary_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/business.db", dir.path().display());
+    let db = BusinessDb::open(&url).await.unwrap();
+    db.close().await;
+    {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        sqlx::query("INSERT INTO hubee_sync_delivery_schema (version) VALUES (42)")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    match BusinessDb::open(&url).await {
+        Err(e) => assert!(e.to_string().contains("upgrade hubee-sync"), "{e}"),
+        Ok(_) => panic!("a newer schema was accepted"),
+    }
+}

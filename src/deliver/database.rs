@@ -16,7 +16,9 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 /// Largest chunk stored in one row.
 pub const CHUNK: usize = 4 * 1024 * 1024;
 
-const SQLITE: &[&str] = &["CREATE TABLE IF NOT EXISTS hubee_delivery (
+/// The migrations, in SQLite's words; [`for_backend`] turns them into PostgreSQL's (its own
+/// identity column, BYTEA for BLOB).
+const MIGRATIONS: &[&str] = &["CREATE TABLE IF NOT EXISTS hubee_delivery (
         delivery_id INTEGER PRIMARY KEY AUTOINCREMENT,
         subscription TEXT NOT NULL,
         kind TEXT NOT NULL,
@@ -52,42 +54,6 @@ const SQLITE: &[&str] = &["CREATE TABLE IF NOT EXISTS hubee_delivery (
         PRIMARY KEY (delivery_id, attachment_id, seq)
     )"];
 
-const POSTGRES: &[&str] = &["CREATE TABLE IF NOT EXISTS hubee_delivery (
-        delivery_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        subscription TEXT NOT NULL,
-        kind TEXT NOT NULL,
-        case_id TEXT NOT NULL,
-        event_id TEXT NOT NULL DEFAULT '',
-        round BIGINT NOT NULL DEFAULT 0,
-        external_id TEXT,
-        process_code TEXT,
-        case_status TEXT,
-        action_type TEXT,
-        message TEXT,
-        case_json TEXT,
-        event_json TEXT,
-        received_at TEXT NOT NULL,
-        UNIQUE (subscription, case_id, event_id, round)
-    );
-    CREATE TABLE IF NOT EXISTS hubee_attachment (
-        delivery_id BIGINT NOT NULL REFERENCES hubee_delivery (delivery_id),
-        attachment_id TEXT NOT NULL,
-        file_name TEXT,
-        type TEXT,
-        mime_type TEXT,
-        size BIGINT,
-        sha256 TEXT,
-        status TEXT,
-        PRIMARY KEY (delivery_id, attachment_id)
-    );
-    CREATE TABLE IF NOT EXISTS hubee_attachment_chunk (
-        delivery_id BIGINT NOT NULL,
-        attachment_id TEXT NOT NULL,
-        seq BIGINT NOT NULL,
-        data BYTEA NOT NULL,
-        PRIMARY KEY (delivery_id, attachment_id, seq)
-    )"];
-
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("cannot open the delivery database {place}: {detail}; check database_url, that the server runs and accepts this user, and that the file's directory is writable")]
@@ -105,6 +71,20 @@ pub enum DbError {
         #[source]
         source: sqlx::Error,
     },
+}
+
+/// One migration's SQL for the backend at hand.
+fn for_backend(sqlite_sql: &str, postgres: bool) -> String {
+    if postgres {
+        sqlite_sql
+            .replace(
+                "INTEGER PRIMARY KEY AUTOINCREMENT",
+                "BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY",
+            )
+            .replace(" BLOB ", " BYTEA ")
+    } else {
+        sqlite_sql.to_string()
+    }
 }
 
 /// A business database, cheap to clone.
@@ -219,7 +199,10 @@ impl BusinessDb {
     }
 
     async fn migrate(&self) -> Result<(), DbError> {
-        let set = if self.postgres { POSTGRES } else { SQLITE };
+        let set: Vec<String> = MIGRATIONS
+            .iter()
+            .map(|m| for_backend(m, self.postgres))
+            .collect();
         sqlx::query(
             "CREATE TABLE IF NOT EXISTS hubee_sync_delivery_schema (version BIGINT NOT NULL)",
         )

@@ -74,6 +74,22 @@ pub fn precheck(attachments: &[Attachment]) -> Result<Option<String>, ItemError>
     Ok(None)
 }
 
+/// `Some(Waiting)` when a file is still PENDING on the hub (nothing is written then).
+fn wait_for_pending(
+    ctx: &SubscriptionCtx,
+    src: &EntrySource<'_>,
+) -> Result<Option<Publication>, ItemError> {
+    Ok(precheck(src.attachments)?.map(|attachment_id| {
+        crate::events::waiting(
+            &ctx.name,
+            &src.key.case_id,
+            &src.external_id,
+            &attachment_id,
+        );
+        Publication::Waiting { attachment_id }
+    }))
+}
+
 /// Publishes the entry described by `src`, exactly once.
 pub async fn publish(
     ctx: &SubscriptionCtx,
@@ -100,14 +116,8 @@ pub async fn publish(
             }
         }
     }
-    if let Some(attachment_id) = precheck(src.attachments)? {
-        crate::events::waiting(
-            &ctx.name,
-            &src.key.case_id,
-            &src.external_id,
-            &attachment_id,
-        );
-        return Ok(Publication::Waiting { attachment_id });
+    if let Some(waiting) = wait_for_pending(ctx, &src)? {
+        return Ok(waiting);
     }
 
     let mut pending = ctx.spool.begin(&src.entry_name).map_err(ItemError::spool)?;
@@ -252,14 +262,8 @@ async fn publish_db(
     db: &BusinessDb,
     src: EntrySource<'_>,
 ) -> Result<Publication, ItemError> {
-    if let Some(attachment_id) = precheck(src.attachments)? {
-        crate::events::waiting(
-            &ctx.name,
-            &src.key.case_id,
-            &src.external_id,
-            &attachment_id,
-        );
-        return Ok(Publication::Waiting { attachment_id });
+    if let Some(waiting) = wait_for_pending(ctx, &src)? {
+        return Ok(waiting);
     }
     let case: serde_json::Value = serde_json::from_slice(src.case_raw).unwrap_or_default();
     let event: Option<serde_json::Value> =
