@@ -3,7 +3,7 @@
 //! ```text
 //! fake-hubee [--listen 127.0.0.1:8080] [--client-id demo] [--client-secret demo-secret]
 //!            [--process-code CERTDC] [--cases 10] [--files 3] [--file-size 1M] [--seed N]
-//!            [--lazy-digests]
+//!            [--lazy-digests] [--extra-clients N]
 //! ```
 //! Prints `fake-hubee listening api_url=… token_url=…` once ready, then serves until SIGTERM
 //! or SIGINT. `GET /_fake/state` shows cases, remaining notifications and request counts.
@@ -23,10 +23,13 @@ struct Args {
     file_size: u64,
     seed: Option<u64>,
     lazy_digests: bool,
+    /// More clients with empty queues, `{client_id}-0` … (editor-scale benchmarks).
+    clients: u64,
 }
 
 const USAGE: &str = "usage: fake-hubee [--listen ADDR] [--client-id ID] [--client-secret SECRET] \
-[--process-code CODE] [--cases N] [--files N] [--file-size BYTES[K|M|G]] [--seed N] [--lazy-digests]";
+[--process-code CODE] [--cases N] [--files N] [--file-size BYTES[K|M|G]] [--seed N] [--lazy-digests] \
+[--extra-clients N]";
 
 /// `1048576`, `512K`, `1M`, `1G` (powers of 1024).
 fn parse_size(s: &str) -> Option<u64> {
@@ -50,6 +53,7 @@ fn parse_args() -> Result<Args, String> {
         file_size: 1 << 20,
         seed: None,
         lazy_digests: false,
+        clients: 0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -86,6 +90,7 @@ fn parse_args() -> Result<Args, String> {
                     parse_size(&value).ok_or_else(|| bad("a size like 1048576, 64K, 1M, 1G"))?
             }
             "--seed" => a.seed = Some(value.parse().map_err(|_| bad("a number"))?),
+            "--extra-clients" => a.clients = value.parse().map_err(|_| bad("a number"))?,
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
     }
@@ -100,6 +105,13 @@ async fn run(a: Args) -> Result<(), String> {
     hub.reseed(seed);
     hub.add_client(&a.client_id, &a.client_secret, &a.process_code);
     hub.add_generated_cases(&a.client_id, a.cases, a.files, a.file_size, seed);
+    for i in 0..a.clients {
+        hub.add_client(
+            &format!("{}-{i}", a.client_id),
+            &a.client_secret,
+            &a.process_code,
+        );
+    }
     if !a.lazy_digests {
         // Hash now so that a benchmark does not time the fake's hashing on first download.
         hub.precompute_digests().await;
