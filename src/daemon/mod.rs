@@ -18,7 +18,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::app::{self, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::config::{Settings, Subscription};
@@ -31,6 +31,9 @@ pub use task::{Cycle, Task};
 
 /// How long a stop waits for running cycles before exiting anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stop waits for a mail being sent (a digest cut there is repeated next time).
+pub const MAIL_STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// What the outside world asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -80,6 +83,8 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
     let settings = Arc::new(settings);
     let permits = Arc::new(Semaphore::new(settings.hub.max_parallel_subscriptions));
     let holder = app::holder_description("run");
+    // Email (digests, alerts): its own tasks; each cycle's end pokes the alert check.
+    let cycle_done = Arc::new(Notify::new());
     let tasks: Vec<Task> = settings
         .subscriptions
         .iter()
@@ -94,6 +99,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
                 shutdown: shutdown.clone(),
                 holder: holder.clone(),
                 ctx: None,
+                cycle_done: cycle_done.clone(),
             };
             Task::spawn(
                 sub.name.clone(),
@@ -121,10 +127,15 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             "no subscription is configured: nothing to poll; add a [[subscription]] and restart");
     }
 
+    let mail = crate::email::spawn(settings.clone(), state.clone(), cycle_done);
+
     let ending = supervise(tasks, &mut controls, DRAIN_TIMEOUT).await;
     match ending {
         Ending::Aborted => ExitCode::from(EXIT_FAILURE),
         Ending::Drained | Ending::TimedOut => {
+            if let Some(mail) = mail {
+                mail.stop(MAIL_STOP_BOUND).await;
+            }
             state.close().await;
             tracing::info!("hubee-sync run: stopped");
             ExitCode::from(EXIT_OK)
@@ -236,10 +247,19 @@ struct SubscriptionWork {
     holder: String,
     /// Built at the first cycle that can; kept afterwards (its token is cached).
     ctx: Option<SubscriptionCtx>,
+    /// Notified after each cycle, so that the email room looks at alerts at once.
+    cycle_done: Arc<Notify>,
 }
 
 impl Cycle for SubscriptionWork {
     async fn run(&mut self) {
+        self.cycle().await;
+        self.cycle_done.notify_one();
+    }
+}
+
+impl SubscriptionWork {
+    async fn cycle(&mut self) {
         if self.ctx.is_none() {
             match app::subscription_ctx(
                 &self.settings,

@@ -61,13 +61,12 @@ pub struct AlertRecord {
 impl StateDb {
     /// The cursor of a recipient list, `None` before its first sent digest.
     pub async fn digest_cursor(&self, list_key: &str) -> Result<Option<DigestCursor>, StateError> {
-        let row = sqlx::query(
-            "SELECT last_seq, sent_at FROM email_digest_cursor WHERE list_key = $1",
-        )
-        .bind(list_key)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.q("reading a digest cursor"))?;
+        let row =
+            sqlx::query("SELECT last_seq, sent_at FROM email_digest_cursor WHERE list_key = $1")
+                .bind(list_key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(self.q("reading a digest cursor"))?;
         let Some(r) = row else { return Ok(None) };
         let get = |e| self.q("reading a digest cursor")(e);
         Ok(Some(DigestCursor {
@@ -294,12 +293,26 @@ mod tests {
     async fn activity_is_filtered_by_subscription_before_the_limit() {
         let (_dir, db) = db().await;
         for _ in 0..3 {
-            db.record_activity("other", "received", Some("c"), None, None, serde_json::json!({}))
-                .await
-                .unwrap();
+            db.record_activity(
+                "other",
+                "received",
+                Some("c"),
+                None,
+                None,
+                serde_json::json!({}),
+            )
+            .await
+            .unwrap();
         }
         let mine = db
-            .record_activity("mine", "received", Some("c"), None, None, serde_json::json!({}))
+            .record_activity(
+                "mine",
+                "received",
+                Some("c"),
+                None,
+                None,
+                serde_json::json!({}),
+            )
             .await
             .unwrap();
         let got = db.activity_of(0, &["mine".into()], 1).await.unwrap();
