@@ -402,6 +402,17 @@ pub async fn digest_command(settings: &Settings, send: bool) -> ExitCode {
     ExitCode::from(if ok { EXIT_OK } else { EXIT_FAILURE })
 }
 
+/// When the next digest goes out after `after`: `[email] digest_schedule` read in
+/// Europe/Paris wall-clock time by the daemon's own cron (08:00 stays 08:00 in Paris across
+/// the daylight-saving changes). `Err` if the schedule cannot be read; `Ok(None)` if it
+/// never fires again.
+pub fn next_digest_after(
+    email: &EmailSettings,
+    after: chrono::DateTime<Utc>,
+) -> Result<Option<chrono::DateTime<Utc>>, String> {
+    Ok(Cron::parse(&email.digest_schedule)?.next_after(after))
+}
+
 /// A stop signal for the mail tasks.
 #[derive(Clone)]
 pub struct Stop(watch::Receiver<bool>);
@@ -460,8 +471,8 @@ pub fn spawn(
             return None;
         }
     };
-    let schedule = match Cron::parse(&email.digest_schedule) {
-        Ok(c) => Some(c),
+    let schedule = match next_digest_after(&email, Utc::now()) {
+        Ok(_) => Some(email.clone()),
         Err(e) => {
             tracing::error!(error = %e, "[email] digest_schedule cannot be read: no digest will be sent (alerts still are)");
             None
@@ -470,13 +481,12 @@ pub fn spawn(
     let (tx, rx) = watch::channel(false);
     let stop = Stop(rx);
     let mut handles = Vec::new();
-    if let Some(cron) = schedule {
+    if let Some(email) = schedule {
         handles.push(tokio::spawn(digest_loop(
             settings.clone(),
-            email.clone(),
+            email,
             state.clone(),
             mailer.clone(),
-            cron,
             stop.clone(),
         )));
     }
@@ -491,11 +501,10 @@ async fn digest_loop(
     email: EmailSettings,
     state: StateDb,
     mailer: Mailer,
-    cron: Cron,
     stop: Stop,
 ) {
     loop {
-        let Some(at) = cron.next_after(Utc::now()) else {
+        let Ok(Some(at)) = next_digest_after(&email, Utc::now()) else {
             tracing::warn!(schedule = %email.digest_schedule, "the digest schedule never fires again: no more digests until the configuration changes");
             return;
         };

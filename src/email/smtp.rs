@@ -25,7 +25,7 @@ use crate::config::{EmailSettings, Secret};
 /// Timeout of the connection and of each SMTP command.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound of one whole send (connect, TLS, authentication, data).
-pub const SEND_TIMEOUT: Duration = Duration::from_secs(120);
+pub const SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
