@@ -139,8 +139,21 @@ const CERTDC: Sub<'static> = Sub {
     extra: "",
 };
 
-/// Writes the world's config with an [email] section.
+/// Writes the world's config with an [email] section (state in SQLite).
 fn write_config(w: &World, smtp_url: &str, email_extra: &str, subs: &[Sub<'_>], schedule: &str) {
+    let state = format!("sqlite://{}/state.db", w.dir.path().display());
+    write_config_on(w, &state, smtp_url, email_extra, subs, schedule);
+}
+
+/// Writes the world's config with an [email] section and this state database.
+fn write_config_on(
+    w: &World,
+    state_url: &str,
+    smtp_url: &str,
+    email_extra: &str,
+    subs: &[Sub<'_>],
+    schedule: &str,
+) {
     let d = w.dir.path().display();
     let mut toml = format!(
         r#"[hub]
@@ -153,7 +166,7 @@ retry_max_delay = "50ms"
 timeout = "5s"
 
 [state]
-url = "sqlite://{d}/state.db"
+url = "{state_url}"
 
 [email]
 smtp_url = "{smtp_url}"
@@ -327,6 +340,37 @@ async fn each_item_appears_in_exactly_one_sent_digest() {
     );
     // The second digest says since when.
     assert!(text(1).contains("Du "), "{}", text(1));
+}
+
+#[tokio::test]
+async fn digest_cursor_works_on_postgresql_state() {
+    let pg = common::PgDb::create().await;
+    let w = World::new().await;
+    let sink = Sink::start(&[]);
+    write_config_on(&w, &pg.url, &plain(&sink), "", &[CERTDC], "every 5m");
+    case_with_files(&w, 1, None, vec![]);
+    once(&w).await;
+    let (code, out, err) = w.run(&["digest", "--send"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    case_with_files(&w, 2, None, vec![]);
+    once(&w).await;
+    let (code, out, err) = w.run(&["digest", "--send"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    let mails = sink
+        .wait_for(2, Duration::from_secs(5), "two digests")
+        .await;
+    let text = |i: usize| mails[i]["text"].as_str().unwrap_or("").to_string();
+    assert!(
+        text(0).contains(&ext(1)) && !text(0).contains(&ext(2)),
+        "{}",
+        text(0)
+    );
+    assert!(
+        text(1).contains(&ext(2)) && !text(1).contains(&ext(1)),
+        "{}",
+        text(1)
+    );
+    pg.drop_now().await;
 }
 
 #[tokio::test]
@@ -825,6 +869,38 @@ impl Drop for Daemon {
 
 /// Digests far away (1 January 2099), so that only alerts are sent.
 const NO_DIGEST: &str = "digest_schedule = \"0 0 8 1 1 * 2099\"";
+
+#[tokio::test]
+async fn run_sends_the_digest_at_its_schedule() {
+    let w = World::new().await;
+    let sink = Sink::start(&[]);
+    // Every 2 seconds, so that the test sees a few ticks.
+    write_config(
+        &w,
+        &plain(&sink),
+        "digest_schedule = \"*/2 * * * * *\"",
+        &[CERTDC],
+        "every 1s",
+    );
+    case_with_files(&w, 1, None, vec![]);
+    let d = Daemon::start(&w);
+    let mails = sink
+        .wait_for(1, Duration::from_secs(20), "scheduled digest")
+        .await;
+    let text = mails[0]["text"].as_str().unwrap_or("");
+    assert!(text.contains(&ext(1)), "{text}");
+    // Later ticks have nothing new to say (send_empty = false): no more mail.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        sink.mails().len(),
+        1,
+        "{:#?}\n{}",
+        sink.mails(),
+        d.log_text()
+    );
+    assert!(d.log_text().contains("digest sent"), "{}", d.log_text());
+    assert_eq!(d.stop().await, 0);
+}
 
 #[tokio::test]
 async fn auth_failure_sends_one_alert_then_recovery() {
