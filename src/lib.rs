@@ -6,6 +6,7 @@
 //! - [`deliver`]: where a télédossier goes (spool with Maildir rules, safe names).
 //! - [`state`]: the state database (what was delivered, acknowledgement progress, failures).
 //! - [`sync`]: one subscription's cycle: poll, decide, act; the receipt status walk.
+//! - [`email`]: digests of what arrived and alerts when a subscription stops working.
 //! - [`daemon`]: `run`: every subscription on its schedule (Europe/Paris), bounded
 //!   concurrency, signals, drain.
 
@@ -14,6 +15,7 @@ pub mod config;
 pub mod crashpoint;
 pub mod daemon;
 pub mod deliver;
+pub mod email;
 pub mod events;
 pub mod hubee;
 pub mod state;

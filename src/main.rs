@@ -59,6 +59,12 @@ enum Command {
         #[arg(long = "case", value_name = "ID")]
         case_id: String,
     },
+    /// Print each recipient list's next digest (text part); with --send, send them now.
+    Digest {
+        /// Send now (and move the digest cursors) instead of printing.
+        #[arg(long)]
+        send: bool,
+    },
 }
 
 /// Logs go to journald with structured fields when stderr is the journal (under systemd),
@@ -145,6 +151,7 @@ fn main() -> ExitCode {
                 subscription,
                 case_id,
             } => app::redeliver(settings, &subscription, &case_id).await,
+            Command::Digest { send } => app::digest(settings, send).await,
             Command::Validate | Command::Check => unreachable!("handled above"),
         }
     });

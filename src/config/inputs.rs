@@ -75,6 +75,7 @@ pub(crate) struct EmailInputs {
     pub include_personal_data: bool,
     pub alert_after: String,
     pub alert_every: String,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -182,6 +183,7 @@ fn email_inputs(raw: RawEmail) -> EmailInputs {
         alert_every: raw
             .alert_every
             .unwrap_or_else(|| defaults::ALERT_EVERY.into()),
+        ca_file: raw.ca_file,
     }
 }
 

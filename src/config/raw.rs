@@ -63,6 +63,7 @@ pub struct RawEmail {
     pub include_personal_data: Option<bool>,
     pub alert_after: Option<String>,
     pub alert_every: Option<String>,
+    pub ca_file: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -171,6 +172,11 @@ pub(crate) const EMAIL_KEYS: &[KeySpec] = &[
     key("include_personal_data", "true or false", "false"),
     key("alert_after", DURATION, r#""1h""#),
     key("alert_every", DURATION, r#""6h""#),
+    key(
+        "ca_file",
+        "a file path in quotes",
+        r#""/etc/hubee-sync/smtp-ca.pem""#,
+    ),
 ];
 
 pub(crate) const SUBSCRIPTION_KEYS: &[KeySpec] = &[

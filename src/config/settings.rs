@@ -148,6 +148,8 @@ pub struct EmailSettings {
     pub alert_after: Duration,
     /// …repeated this often while it keeps failing.
     pub alert_every: Duration,
+    /// Extra CA certificates (PEM) trusted for the SMTP server, beside the system's.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// One HubEE subscription: a démarche, its credentials, and where its télédossiers go.
@@ -223,7 +225,7 @@ pub(crate) fn validate(inputs: Inputs, env: &Env, errors: &mut Collector) -> Opt
         }
     };
     let email = match &inputs.email {
-        Some(e) => validate_email(e, &main, errors).map(Some),
+        Some(e) => validate_email(e, &main, &inputs.dir, errors).map(Some),
         None => Some(None),
     };
     let mut subscriptions = Vec::new();
@@ -486,10 +488,25 @@ fn hub_url(text: &str, file: &Path, key: &str, errors: &mut Collector) -> Option
     Some(url)
 }
 
-fn validate_email(e: &EmailInputs, file: &Path, errors: &mut Collector) -> Option<EmailSettings> {
+fn validate_email(
+    e: &EmailInputs,
+    file: &Path,
+    dir: &Path,
+    errors: &mut Collector,
+) -> Option<EmailSettings> {
     let smtp_url = required(&e.smtp_url, file, "email.smtp_url", "smtp_url = \"smtp://127.0.0.1:25\" to [email], or remove the [email] section", errors).and_then(|u| {
         match Url::parse(u) {
-            Ok(url) if matches!(url.scheme(), "smtp" | "smtps") && url.host_str().is_some_and(|h| !h.is_empty()) => Some(Secret::new(u.clone())),
+            Ok(url) if matches!(url.scheme(), "smtp" | "smtps") && url.host_str().is_some_and(|h| !h.is_empty()) => {
+                // The email room reads the same URL (email::smtp); only `tls=required`
+                // (STARTTLS, refused if the server does not offer it) is a choice here.
+                match url.query_pairs().find(|(k, _)| k == "tls").map(|(_, v)| v.into_owned()) {
+                    Some(v) if v != "required" => {
+                        errors.push(file, "email.smtp_url", format!("{}: tls={v:?} is not supported", shown(u)), "write ?tls=required for STARTTLS (the connection fails if the server does not offer it), use smtps:// for implicit TLS, or leave tls out for a plain connection to a local relay");
+                        None
+                    }
+                    _ => Some(Secret::new(u.clone())),
+                }
+            }
             _ => {
                 errors.push(file, "email.smtp_url", format!("{} is not an smtp:// or smtps:// URL", shown(u)), "write \"smtp://127.0.0.1:25\", \"smtps://user:pass@host:465\" or \"smtp://host:587?tls=required\"");
                 None
@@ -571,6 +588,28 @@ fn validate_email(e: &EmailInputs, file: &Path, errors: &mut Collector) -> Optio
         Duration::from_secs(30 * 86400),
         errors,
     );
+    let ca_file = match &e.ca_file {
+        None => Some(None),
+        Some(p) => {
+            let path = dir.join(p);
+            match std::fs::read(&path) {
+                Ok(bytes) if contains(&bytes, b"-----BEGIN CERTIFICATE-----") => Some(Some(path)),
+                Ok(_) => {
+                    errors.push(
+                        file,
+                        "email.ca_file",
+                        format!("{} holds no PEM certificate", path.display()),
+                        "put the CA certificate(s) of the SMTP server in it in PEM form (-----BEGIN CERTIFICATE-----)",
+                    );
+                    None
+                }
+                Err(err) => {
+                    errors.push(file, "email.ca_file", format!("{} cannot be read: {err}", path.display()), "create it with the SMTP server's CA certificate(s) in PEM form, readable by the service, or remove ca_file");
+                    None
+                }
+            }
+        }
+    };
     Some(EmailSettings {
         smtp_url: smtp_url?,
         from: from?,
@@ -580,6 +619,7 @@ fn validate_email(e: &EmailInputs, file: &Path, errors: &mut Collector) -> Optio
         include_personal_data: e.include_personal_data,
         alert_after: alert_after?,
         alert_every: alert_every?,
+        ca_file: ca_file?,
     })
 }
 

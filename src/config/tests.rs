@@ -851,6 +851,19 @@ fn email_section_is_checked() {
 }
 
 #[test]
+fn email_tls_mode_and_ca_file_are_checked() {
+    let f = Fixture::new();
+    let secret = f.secret("s");
+    let path = f.config(&format!(
+        "[email]\nsmtp_url = \"smtp://mx.example:587?tls=opportunistic\"\nfrom = \"a@b\"\nto = [\"c@d\"]\nca_file = \"missing.pem\"\n{}",
+        subscription("a", &secret)
+    ));
+    let errors = f.errors(&path);
+    assert_has(&errors, "tls=\"opportunistic\" is not supported");
+    assert_has(&errors, "email.ca_file");
+}
+
+#[test]
 fn email_to_needs_an_email_section() {
     let f = Fixture::new();
     let secret = f.secret("s");

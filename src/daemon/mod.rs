@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 
 use crate::app::{self, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::config::{Settings, Subscription};
@@ -33,6 +33,9 @@ pub use task::{Cycle, Task};
 
 /// How long a stop waits for running cycles before exiting anyway.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a stop waits for a mail being sent (a digest cut there is repeated next time).
+pub const MAIL_STOP_BOUND: Duration = Duration::from_secs(5);
 
 /// What the outside world asks of a running daemon.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,6 +82,8 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
     check_spools(&settings);
 
     let board = Arc::new(Board::default());
+    // Email (digests, alerts): its own tasks; each cycle's end pokes the alert check.
+    let cycle_done = Arc::new(Notify::new());
     let mut fleet = Fleet {
         shared: Arc::new(RwLock::new(Arc::new(settings))),
         generation: Arc::new(AtomicU64::new(0)),
@@ -90,6 +95,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         notifier: notifier.clone(),
         tasks: Vec::new(),
         retired: Vec::new(),
+        cycle_done: cycle_done.clone(),
     };
     fleet.start(timings);
     let settings = fleet.settings();
@@ -112,12 +118,17 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
     board.set_subscriptions(settings.subscriptions.iter().map(|s| s.name.clone()));
     notifier.ready(&board.line());
 
+    let mail = crate::email::spawn(settings.clone(), state.clone(), cycle_done);
+
     let watchdog = crate::systemd::notify::watchdog_interval();
     let ending = supervise_with(&mut fleet, &mut controls, DRAIN_TIMEOUT, watchdog).await;
     notifier.stopping();
     match ending {
         Ending::Aborted => ExitCode::from(EXIT_FAILURE),
         Ending::Drained | Ending::TimedOut => {
+            if let Some(mail) = mail {
+                mail.stop(MAIL_STOP_BOUND).await;
+            }
             state.close().await;
             tracing::info!("hubee-sync run: stopped");
             ExitCode::from(EXIT_OK)
@@ -228,6 +239,8 @@ pub struct Fleet {
     tasks: Vec<(Subscription, Task)>,
     /// Tasks ended by a reload that may still be finishing a cycle (joined at stop).
     retired: Vec<Task>,
+    /// Notified after each cycle (the email room's alert check).
+    cycle_done: Arc<Notify>,
 }
 
 impl Fleet {
@@ -260,6 +273,7 @@ impl Fleet {
             board: self.board.clone(),
             notifier: self.notifier.clone(),
             ctx: None,
+            cycle_done: self.cycle_done.clone(),
         };
         let task = Task::spawn(
             sub.name.clone(),
@@ -500,10 +514,19 @@ struct SubscriptionWork {
     notifier: Arc<Notifier>,
     /// Built at the first cycle that can; kept until a reload (its token is cached).
     ctx: Option<SubscriptionCtx>,
+    /// Notified after each cycle, so that the email room looks at alerts at once.
+    cycle_done: Arc<Notify>,
 }
 
 impl Cycle for SubscriptionWork {
     async fn run(&mut self) {
+        self.cycle().await;
+        self.cycle_done.notify_one();
+    }
+}
+
+impl SubscriptionWork {
+    async fn cycle(&mut self) {
         let generation = self.generation.load(Ordering::SeqCst);
         if self.ctx.is_none() || self.built_for != generation {
             let settings = self

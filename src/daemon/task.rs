@@ -160,7 +160,7 @@ async fn schedule_loop(
 }
 
 /// Sleeps until the wall clock reaches `at`, reading it again at least every [`MAX_NAP`].
-async fn sleep_until_wall(at: DateTime<Utc>) {
+pub(crate) async fn sleep_until_wall(at: DateTime<Utc>) {
     while let Ok(left) = (at - Utc::now()).to_std() {
         if left.is_zero() {
             return;

@@ -4,6 +4,7 @@
 //! through sqlx's `Any` driver. Schema versions are our own (`hubee_sync_schema`), so our
 //! bookkeeping never clashes with an application's own sqlx migrations.
 
+mod digest;
 mod lock;
 mod schema;
 
@@ -13,6 +14,7 @@ use std::time::Duration;
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
+pub use digest::{AlertRecord, DigestCursor, OpenWork, SubscriptionHealth};
 pub use lock::{LockError, SubscriptionLock};
 
 /// Where the state database lives.

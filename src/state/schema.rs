@@ -80,6 +80,19 @@ const MIGRATIONS: &[&str] = &[
         value BIGINT NOT NULL
     );
     INSERT INTO hubee_sync_counter (name, value) VALUES ('activity', 0)",
+    // 4: email: where each recipient list's digests stand, and each subscription's alerts.
+    "CREATE TABLE IF NOT EXISTS email_digest_cursor (
+        list_key TEXT PRIMARY KEY,
+        last_seq BIGINT NOT NULL,
+        sent_at BIGINT NOT NULL,
+        recipients TEXT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS email_alert (
+        subscription TEXT PRIMARY KEY,
+        failing_since BIGINT,
+        alerted_at BIGINT,
+        alert_open BIGINT NOT NULL DEFAULT 0
+    )",
 ];
 
 /// The newest schema this binary knows.
