@@ -6,6 +6,8 @@
 //! - [`deliver`]: where a télédossier goes (spool with Maildir rules, safe names).
 //! - [`state`]: the state database (what was delivered, acknowledgement progress, failures).
 //! - [`sync`]: one subscription's cycle: poll, decide, act; the receipt status walk.
+//! - [`outbox`]: replies from the legacy software (`outbox/new/`), applied on the hub exactly
+//!   once, then moved to `sent/` or `failed/`.
 //! - [`daemon`]: `run`: every subscription on its schedule (Europe/Paris), bounded
 //!   concurrency, signals, drain.
 
@@ -16,6 +18,7 @@ pub mod daemon;
 pub mod deliver;
 pub mod events;
 pub mod hubee;
+pub mod outbox;
 pub mod state;
 pub mod sync;
 pub mod systemd;

@@ -5,6 +5,7 @@
 //! bookkeeping never clashes with an application's own sqlx migrations.
 
 mod lock;
+pub mod outbox;
 mod schema;
 
 use std::path::{Path, PathBuf};
