@@ -483,7 +483,7 @@ async fn reply_for_a_case_of_another_subscription_is_refused_and_the_hub_untouch
     assert_eq!(outbox(&w, "failed"), vec!["wrong-outbox"]);
     let e = error_txt(&w, "wrong-outbox");
     assert!(e.contains("etatcivil"), "{e}");
-    assert!(e.contains("rien n'a été modifié sur le hub"), "{e}");
+    assert!(e.contains("Sur le hub : rien n'a été modifié."), "{e}");
     assert_eq!(w.hub.status_patches(&theirs), patches_before);
     assert_eq!(w.hub.events(&theirs).len(), events_before);
     let _ = CLIENT;
@@ -593,7 +593,7 @@ async fn a_status_the_case_cannot_reach_is_a_clear_failure() {
         e.contains("au statut CLOSED ; il ne peut pas passer à DONE"),
         "{e}"
     );
-    assert!(e.contains("rien n'a été modifié sur le hub"), "{e}");
+    assert!(e.contains("Sur le hub : rien n'a été modifié."), "{e}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

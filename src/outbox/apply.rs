@@ -53,8 +53,8 @@ impl Failure {
     pub fn untouched(refusal: Refusal) -> Failure {
         Failure {
             refusal,
-            hub_fr: "rien n'a été modifié sur le hub.".into(),
-            hub_en: "nothing was changed on the hub.".into(),
+            hub_fr: "rien n'a été modifié.".into(),
+            hub_en: "nothing was changed.".into(),
         }
     }
 }
@@ -591,8 +591,8 @@ pub async fn abandon(
             }
         },
         (None, _) if row.stage == ReplyStage::Started && (now.is_none() || from == now) => {
-            fr = "rien n'a été modifié sur le hub.".into();
-            en = "nothing was changed on the hub.".into();
+            fr = "rien n'a été modifié.".into();
+            en = "nothing was changed.".into();
         }
         _ => {}
     }
