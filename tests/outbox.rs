@@ -652,3 +652,39 @@ async fn sent_and_failed_replies_are_pruned_after_outbox_retention() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(outbox(&w, "sent").is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_withdrawn_after_its_event_was_created_has_the_event_deleted() {
+    let w = World::new().await;
+    let (case, ext) = received_case(&w, 14).await;
+    write_reply(
+        &w,
+        "retire",
+        &json!({"external_id": ext, "status": "DONE",
+                "attachments": [{"file": "acte.pdf", "type": "DD_Certificatdedeces", "mime_type": "application/pdf"}]}),
+        &[("acte.pdf", pdf(5_000, 14))],
+    );
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("--config")
+        .arg(w.config_path())
+        .arg("once")
+        .env("HUBEE_SYNC_CRASH_AT", "outbox_after_put:1");
+    let killed = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(killed.status.code(), None);
+    assert_eq!(reply_events(&w, &case)[0]["status"], "IN_PROGRESS");
+    // The legacy software takes its reply back before it was sent.
+    std::fs::remove_dir_all(w.spool().join("outbox/new/retire")).unwrap();
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        reply_events(&w, &case).is_empty(),
+        "the deposit event is deleted"
+    );
+    assert_eq!(w.hub.case_status(&case).as_deref(), Some("IN_PROGRESS"));
+    assert!(activity_kinds(&w)
+        .await
+        .contains(&"outbox_failed".to_string()));
+}
