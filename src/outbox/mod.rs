@@ -165,33 +165,38 @@ async fn handle(
     present: &mut HashSet<ReplyKey>,
 ) -> Result<Flow, StateError> {
     let folder = c.name.to_string_lossy().into_owned();
-    let keyless = |folder: &str| ReplyRow::new(key(ctx, folder, ""), "", "");
-    if c.name.to_str().is_none() {
-        let mut row = keyless(&folder);
-        refuse_new(ctx, dirs, c, &mut row, Refusal::NameNotUtf8, report).await?;
-        return Ok(Flow::Next);
-    }
-    if !c.is_dir {
-        let mut row = keyless(&folder);
-        refuse_new(ctx, dirs, c, &mut row, Refusal::NotAFolder, report).await?;
-        return Ok(Flow::Next);
-    }
-    let raw = match reply::read_reply_json(&c.path).await {
-        Ok(raw) => raw,
-        Err(Refusal::NoReplyJson) if young(&c.path) => {
+    // Refused before reply.json could be read: known by the folder name alone.
+    let early = if c.name.to_str().is_none() {
+        Some(Err(Refusal::NameNotUtf8))
+    } else if !c.is_dir {
+        Some(Err(Refusal::NotAFolder))
+    } else {
+        match reply::read_reply_json(&c.path).await {
+            Ok(raw) => Some(Ok(raw)),
+            Err(Refusal::NoReplyJson) if young(&c.path) => None,
+            Err(r) => Some(Err(r)),
+        }
+    };
+    let (key, raw) = match early {
+        None => {
             report.pending.push((folder, "no reply.json yet".into()));
             return Ok(Flow::Next);
         }
-        Err(r) => {
-            let mut row = keyless(&folder);
-            refuse_new(ctx, dirs, c, &mut row, r, report).await?;
-            return Ok(Flow::Next);
-        }
+        Some(Ok(raw)) => (key(ctx, &folder, &sha256_hex(&raw)), Ok(raw)),
+        Some(Err(r)) => (key(ctx, &folder, ""), Err(r)),
     };
-    let key = key(ctx, &folder, &sha256_hex(&raw));
     present.insert(key.clone());
     let known = ctx.state.outbox_reply(&key).await?;
     let mut resumed = match known {
+        Some(row)
+            if row.stage == ReplyStage::Finished
+                && row.outcome.as_deref() == Some("failed")
+                && row.moved_to.is_none() =>
+        {
+            // Refused by an earlier pass that could not move it: only the move is owed.
+            retry_failed_move(ctx, dirs, c, &row, report).await;
+            return Ok(Flow::Next);
+        }
         Some(row)
             if row.stage == ReplyStage::Finished && row.outcome.as_deref() == Some("sent") =>
         {
@@ -203,6 +208,13 @@ async fn handle(
         Some(row) if row.stage == ReplyStage::Finished => None,
         Some(row) => Some(row),
         None => None,
+    };
+    let raw = match raw {
+        Ok(raw) => raw,
+        Err(r) => {
+            refuse(ctx, dirs, c, resumed, keyless_with(key), r, report).await?;
+            return Ok(Flow::Next);
+        }
     };
     let reply = match reply::parse(&raw) {
         Ok(r) => r,
@@ -560,6 +572,38 @@ fn error_text(ctx: &SubscriptionCtx, row: &ReplyRow, f: &Failure, at: i64) -> St
         hub_fr = f.hub_fr,
         hub_en = f.hub_en,
     )
+}
+
+/// A refused reply whose move to `failed/` failed earlier: the move again (and its
+/// `error.txt`, if that could not be written either).
+async fn retry_failed_move(
+    ctx: &SubscriptionCtx,
+    dirs: &OutboxDirs,
+    c: &Candidate,
+    row: &ReplyRow,
+    report: &mut OutboxReport,
+) {
+    let why = row.last_error.clone().unwrap_or_default();
+    let mut moved = Ok(());
+    if c.is_dir && !c.path.join(ERROR_TXT).exists() {
+        let text = format!("hubee-sync : réponse refusée / reply refused\n{why}\n");
+        moved = files::write_note(&c.path, ERROR_TXT, text.as_bytes()).map(|_| ());
+    }
+    match moved.and_then(|()| dirs.move_out(&c.path, &c.name, Dest::Failed)) {
+        Ok(to) => {
+            let mut row = row.clone();
+            row.moved_to = Some(to.display().to_string());
+            if let Err(e) = ctx.state.outbox_save(&row).await {
+                tracing::warn!(subscription = %ctx.name, error = %e, "cannot record where a refused reply went");
+            }
+            report.failed.push((row.key.folder.clone(), why));
+        }
+        Err(e) => {
+            tracing::error!(subscription = %ctx.name, folder = %row.key.folder, error = %e,
+                "outbox: a refused reply still cannot be moved to outbox/failed/; check the permissions of the outbox (group of the spool, mode 2770)");
+            report.pending.push((row.key.folder.clone(), e.to_string()));
+        }
+    }
 }
 
 /// Refused for good: `error.txt`, move to `failed/`, record, tell the digest.
