@@ -10,6 +10,7 @@ use futures_util::stream::{self, StreamExt};
 use crate::config::{Delivery, Schedule, Settings, StateUrl, Subscription};
 use crate::deliver::Spool;
 use crate::hubee::{HubClient, HubConfig, RetryPolicy};
+use crate::outbox::{OutboxReport, PassOptions};
 use crate::state::{Location, StateDb};
 use crate::sync::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};
 use std::sync::Arc;
@@ -214,8 +215,18 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
         }
     }
     let display = show_progress().then(|| tokio::spawn(render_progress(progress.clone())));
-    let reports: Vec<CycleReport> = stream::iter(ctxs.iter())
-        .map(|ctx| run_cycle(ctx, &holder))
+    // Each subscription: its cycle, then its outbox (CONTRACT: "drain the notification
+    // queue, send the outbox").
+    let settings_ref = &settings;
+    let holder_ref = &holder;
+    let reports: Vec<(CycleReport, OutboxReport)> = stream::iter(ctxs.iter())
+        .map(|ctx| async move {
+            let cycle = run_cycle(ctx, holder_ref).await;
+            let outbox =
+                crate::outbox::run_pass(ctx, holder_ref, outbox_options(settings_ref, &ctx.name))
+                    .await;
+            (cycle, outbox)
+        })
         .buffer_unordered(settings.hub.max_parallel_subscriptions)
         .collect()
         .await;
@@ -223,9 +234,10 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
         d.abort();
         eprint!("\r\x1b[2K");
     }
-    for r in &reports {
+    for (r, o) in &reports {
         print_report(r);
-        all_ok &= r.ok();
+        print_outbox_report(o);
+        all_ok &= r.ok() && o.ok();
     }
     state.close().await;
     ExitCode::from(if all_ok { EXIT_OK } else { EXIT_FAILURE })
@@ -262,6 +274,41 @@ fn print_report(r: &CycleReport) {
             f.notification_id,
             f.error
         );
+    }
+}
+
+/// What an outbox pass run by a cycle does: it also prunes `sent/` and `failed/`.
+pub fn outbox_options(settings: &Settings, subscription: &str) -> PassOptions {
+    let sub = settings
+        .subscriptions
+        .iter()
+        .find(|s| s.name == subscription);
+    PassOptions {
+        retention: sub.map(|s| s.outbox_retention),
+        give_up_after: sub.map_or(Duration::from_secs(86400), |s| s.quarantine_after),
+    }
+}
+
+fn print_outbox_report(o: &OutboxReport) {
+    if o.is_empty() || (o.busy && o.sent.is_empty()) {
+        // Nothing to say, or the lock: the cycle's line already said who holds it.
+        return;
+    }
+    println!(
+        "{}: réponses : {} envoyée(s), {} refusée(s) (outbox/failed/), {} en attente",
+        o.subscription,
+        o.sent.len(),
+        o.failed.len(),
+        o.pending.len()
+    );
+    if let Some(f) = &o.fatal {
+        println!("  erreur (outbox): {f}");
+    }
+    for (folder, why) in &o.failed {
+        println!("  réponse refusée: {folder}: {why}");
+    }
+    for (folder, why) in &o.pending {
+        println!("  réponse en attente: {folder}: {why}");
     }
 }
 

@@ -7,6 +7,8 @@
 //! - [`state`]: the state database (what was delivered, acknowledgement progress, failures).
 //! - [`sync`]: one subscription's cycle: poll, decide, act; the receipt status walk.
 //! - [`email`]: digests of what arrived and alerts when a subscription stops working.
+//! - [`outbox`]: replies from the legacy software (`outbox/new/`), applied on the hub exactly
+//!   once, then moved to `sent/` or `failed/`.
 //! - [`daemon`]: `run`: every subscription on its schedule (Europe/Paris), bounded
 //!   concurrency, signals, drain.
 
@@ -18,6 +20,7 @@ pub mod deliver;
 pub mod email;
 pub mod events;
 pub mod hubee;
+pub mod outbox;
 pub mod state;
 pub mod sync;
 pub mod systemd;

@@ -72,6 +72,9 @@ pub enum Fault {
     /// Do the request's effect (DELETE, PATCH, event created, upload stored…), then drop the
     /// connection (RST) without sending a single response byte.
     ResetAfterEffect,
+    /// Uploads: read `after_bytes` bytes of the request body, then drop the connection (RST):
+    /// the connection breaks in the middle of the file, and nothing is stored.
+    ResetMidBody { after_bytes: u64 },
     /// Announce the full `Content-Length`, send `after_bytes` bytes of body, then close.
     TruncateBody { after_bytes: u64 },
     /// Downloads: a `digest` header that belongs to other content.

@@ -547,6 +547,22 @@ async fn handle(
             inner.state().finish_record(idx, None);
             return drop_connection(&ctl).await;
         }
+        Some(Fault::ResetMidBody { after_bytes }) => {
+            let mut body = body;
+            let mut seen = 0u64;
+            while seen < *after_bytes {
+                match body.frame().await {
+                    Some(Ok(frame)) => {
+                        if let Ok(data) = frame.into_data() {
+                            seen += data.len() as u64;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            inner.state().finish_record(idx, None);
+            return drop_connection(&ctl).await;
+        }
         Some(Fault::Status(code)) => {
             let reason = hyper::StatusCode::from_u16(*code)
                 .ok()

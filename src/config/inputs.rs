@@ -33,6 +33,8 @@ pub(crate) mod defaults {
     pub const DELIVERY: &str = "spool";
     pub const SPOOL_ROOT: &str = "/var/spool/hubee-sync";
     pub const QUARANTINE_AFTER: &str = "24h";
+    /// How long `outbox/sent/` and `outbox/failed/` keep a reply (CONTRACT "Outbox").
+    pub const OUTBOX_RETENTION: &str = "90d";
 }
 
 /// Everything the files say, merged, defaults filled in.
@@ -98,6 +100,7 @@ pub(crate) struct SubscriptionInputs {
     pub database_url: Option<String>,
     pub email_to: Vec<String>,
     pub quarantine_after: String,
+    pub outbox_retention: String,
 }
 
 /// Reads the main file and its includes. `None` when the main file could not be read or
@@ -210,6 +213,9 @@ fn subscriptions_of(file: &Path, raw: Option<Vec<RawSubscription>>) -> Vec<Subsc
             quarantine_after: s
                 .quarantine_after
                 .unwrap_or_else(|| defaults::QUARANTINE_AFTER.into()),
+            outbox_retention: s
+                .outbox_retention
+                .unwrap_or_else(|| defaults::OUTBOX_RETENTION.into()),
         })
         .collect()
 }

@@ -83,6 +83,7 @@ pub struct RawSubscription {
     pub database_url: Option<String>,
     pub email_to: Option<Vec<String>>,
     pub quarantine_after: Option<String>,
+    pub outbox_retention: Option<String>,
 }
 
 /// A key a table accepts, with what a value must look like (for error messages).
@@ -214,6 +215,7 @@ pub(crate) const SUBSCRIPTION_KEYS: &[KeySpec] = &[
         r#"["etat-civil@mairie.example"]"#,
     ),
     key("quarantine_after", DURATION, r#""24h""#),
+    key("outbox_retention", DURATION, r#""90d""#),
 ];
 
 /// Every table and its keys, to tell "this key belongs in another table".

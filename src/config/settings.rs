@@ -169,6 +169,8 @@ pub struct Subscription {
     pub email_to: Vec<String>,
     /// Parked work still failing after this long is quarantined.
     pub quarantine_after: Duration,
+    /// Replies in `outbox/sent/` and `outbox/failed/` older than this are removed.
+    pub outbox_retention: Duration,
     /// The file it was defined in (main or included).
     pub source: PathBuf,
 }
@@ -763,6 +765,14 @@ fn validate_subscription(
         Duration::from_secs(365 * 86400),
         errors,
     );
+    let outbox_retention = duration(
+        &s.outbox_retention,
+        file,
+        &key("outbox_retention"),
+        Duration::from_secs(60),
+        Duration::from_secs(10 * 365 * 86400),
+        errors,
+    );
     Some(Subscription {
         name: name?,
         process_code: process_code?,
@@ -773,6 +783,7 @@ fn validate_subscription(
         delivery: delivery?,
         email_to: email_to?,
         quarantine_after: quarantine_after?,
+        outbox_retention: outbox_retention?,
         source: s.file.clone(),
     })
 }

@@ -170,6 +170,7 @@ fn a_valid_config_gives_strong_settings_with_defaults() {
     assert_eq!(sub.receipt_status, CaseStatus::InProgress);
     assert_eq!(sub.schedule, Schedule::Every(Duration::from_secs(300)));
     assert_eq!(sub.quarantine_after, Duration::from_secs(86400));
+    assert_eq!(sub.outbox_retention, Duration::from_secs(90 * 86400));
     assert_eq!(sub.secret, SecretSource::File(secret.clone()));
     assert_eq!(sub.source, path);
     assert_eq!(

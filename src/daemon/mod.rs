@@ -96,6 +96,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         tasks: Vec::new(),
         retired: Vec::new(),
         cycle_done: cycle_done.clone(),
+        outbox_stop: None,
     };
     fleet.start(timings);
     let settings = fleet.settings();
@@ -119,9 +120,31 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
     notifier.ready(&board.line());
 
     let mail = crate::email::spawn(settings.clone(), state.clone(), cycle_done);
+    // Replies are sent as they land in outbox/new/, between cycles too (one inotify watcher
+    // for every spool, and a periodic rescan).
+    let (outbox_stop, outbox_shutdown) = Shutdown::new();
+    let mut outbox = crate::outbox::watch::spawn(
+        crate::outbox::watch::ServiceInputs {
+            settings: fleet.shared.clone(),
+            generation: fleet.generation.clone(),
+            client: fleet.client.clone(),
+            state: state.clone(),
+            holder: fleet.holder.clone(),
+        },
+        outbox_shutdown,
+    );
+    fleet.outbox_stop = Some(outbox_stop);
 
     let watchdog = crate::systemd::notify::watchdog_interval();
     let ending = supervise_with(&mut fleet, &mut controls, DRAIN_TIMEOUT, watchdog).await;
+    if ending == Ending::Aborted
+        || tokio::time::timeout(DRAIN_TIMEOUT, &mut outbox)
+            .await
+            .is_err()
+    {
+        // Cut between two recorded steps at worst: the next start resumes the reply.
+        outbox.abort();
+    }
     notifier.stopping();
     match ending {
         Ending::Aborted => ExitCode::from(EXIT_FAILURE),
@@ -241,6 +264,8 @@ pub struct Fleet {
     retired: Vec<Task>,
     /// Notified after each cycle (the email room's alert check).
     cycle_done: Arc<Notify>,
+    /// Stops the outbox service (`outbox::watch`) when the drain starts.
+    outbox_stop: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Fleet {
@@ -406,6 +431,9 @@ pub async fn supervise_with(
         }
     }
     fleet.notifier.stopping();
+    if let Some(stop) = &fleet.outbox_stop {
+        stop.send_replace(true);
+    }
     let mut tasks: Vec<Task> = fleet.tasks.drain(..).map(|(_, t)| t).collect();
     tasks.append(&mut fleet.retired);
     drain_tasks(tasks, controls, drain).await
@@ -571,6 +599,16 @@ impl SubscriptionWork {
         let report = run_cycle(ctx, &self.holder).await;
         self.board.record(&report);
         self.notifier.status(&self.board.line());
+        // Then the outbox (it takes the lock the cycle just released); it logs each reply.
+        if !ctx.shutdown.is_requested() {
+            let settings = self
+                .shared
+                .read()
+                .map(|s| s.clone())
+                .unwrap_or_else(|p| p.into_inner().clone());
+            let opts = app::outbox_options(&settings, &self.name);
+            crate::outbox::run_pass(ctx, &self.holder, opts).await;
+        }
     }
 }
 

@@ -98,6 +98,7 @@ mod tests {
             },
             email_to: email_to.iter().map(|s| s.to_string()).collect(),
             quarantine_after: Duration::from_secs(3600),
+            outbox_retention: Duration::from_secs(90 * 86400),
             source: "/etc/hubee-sync/hubee-sync.toml".into(),
         }
     }

@@ -6,6 +6,7 @@
 
 mod digest;
 mod lock;
+pub mod outbox;
 mod schema;
 
 use std::path::{Path, PathBuf};

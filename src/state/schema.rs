@@ -93,6 +93,31 @@ const MIGRATIONS: &[&str] = &[
         alerted_at BIGINT,
         alert_open BIGINT NOT NULL DEFAULT 0
     )",
+    // 5: replies from the outbox, step by step (src/state/outbox.rs): a reply is known by its
+    // folder name and the SHA-256 of its reply.json.
+    "CREATE TABLE IF NOT EXISTS outbox_reply (
+        subscription TEXT NOT NULL,
+        folder TEXT NOT NULL,
+        reply_sha256 TEXT NOT NULL,
+        case_id TEXT,
+        external_id TEXT,
+        stage TEXT NOT NULL,
+        outcome TEXT,
+        status_from TEXT,
+        status_to TEXT,
+        action_type TEXT,
+        event_id TEXT,
+        files_json TEXT,
+        attempts BIGINT NOT NULL DEFAULT 0,
+        failing_since BIGINT,
+        last_error TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        moved_to TEXT,
+        PRIMARY KEY (subscription, folder, reply_sha256)
+    );
+    CREATE INDEX IF NOT EXISTS outbox_reply_stage ON outbox_reply (subscription, stage)",
 ];
 
 /// The newest schema this binary knows.
