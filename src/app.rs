@@ -397,6 +397,10 @@ pub async fn status(settings: Settings, json: bool) -> ExitCode {
                 "  reçus: {}, acquittés: {}, en cours: {}, en échec: {}, parqués: {}, en quarantaine: {}",
                 row.received, row.acknowledged, row.in_progress, row.failing, row.parked, row.quarantined
             );
+            println!(
+                "  réponses (outbox): en cours: {}, envoyées: {}, en échec: {}",
+                row.outbox_pending, row.outbox_sent, row.outbox_failed
+            );
             if let Some(e) = &row.last_error {
                 println!("  dernière erreur: {e}");
             }

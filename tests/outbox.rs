@@ -172,6 +172,19 @@ async fn done_reply_with_a_pdf_is_deposited_uploaded_and_sent() {
     let (code, out, err) = w.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(reply_events(&w, &case).len(), 1);
+
+    // `status` counts it.
+    let (_, st, _) = w.run(&["status", "--json"]).await;
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(
+        (
+            st[0]["outbox_sent"].as_i64(),
+            st[0]["outbox_pending"].as_i64(),
+            st[0]["outbox_failed"].as_i64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{st}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -148,6 +148,10 @@ pub struct SubscriptionStatus {
     pub failing: i64,
     pub parked: i64,
     pub quarantined: i64,
+    /// Replies in outbox/: being applied (or waiting for a retry), sent, failed.
+    pub outbox_pending: i64,
+    pub outbox_sent: i64,
+    pub outbox_failed: i64,
     pub holder: Option<String>,
 }
 
@@ -785,8 +789,15 @@ impl StateDb {
                 failing: get(2)?,
                 parked: get(3)?,
                 quarantined: get(4)?,
+                outbox_pending: 0,
+                outbox_sent: 0,
+                outbox_failed: 0,
                 holder: None,
             };
+            let outbox = self.outbox_counts(name).await?;
+            st.outbox_pending = outbox.pending;
+            st.outbox_sent = outbox.sent;
+            st.outbox_failed = outbox.failed;
             if let Some(r) = s {
                 let ms = |i: usize| r.try_get::<Option<i64>, _>(i).ok().flatten();
                 let text = |i: usize| r.try_get::<Option<String>, _>(i).ok().flatten();
