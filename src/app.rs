@@ -493,12 +493,12 @@ pub async fn redeliver(settings: Settings, subscription: &str, case_id: &str) ->
 
 /// `digest [--send]`: the next digest of each recipient list, printed or sent now (the email
 /// room does the work).
-pub async fn digest(settings: Settings, send: bool) -> ExitCode {
+pub async fn digest(settings: Settings, send: bool, html: bool) -> ExitCode {
     if let Err(e) = refuse_root_on_service_state(&settings) {
         eprintln!("{e}");
         return ExitCode::from(EXIT_FAILURE);
     }
-    crate::email::digest_command(&settings, send).await
+    crate::email::digest_command(&settings, send, html).await
 }
 
 /// One line of `check`.

@@ -64,6 +64,9 @@ enum Command {
         /// Send now (and move the digest cursors) instead of printing.
         #[arg(long)]
         send: bool,
+        /// Print the HTML part instead of the text part (to look at it in a browser).
+        #[arg(long, conflicts_with = "send")]
+        html: bool,
     },
 }
 
@@ -151,7 +154,7 @@ fn main() -> ExitCode {
                 subscription,
                 case_id,
             } => app::redeliver(settings, &subscription, &case_id).await,
-            Command::Digest { send } => app::digest(settings, send).await,
+            Command::Digest { send, html } => app::digest(settings, send, html).await,
             Command::Validate | Command::Check => unreachable!("handled above"),
         }
     });

@@ -334,7 +334,7 @@ pub async fn evaluate_alerts(
 /// `hubee-sync digest [--send]`: prints each list's next digest (text part); with `send`,
 /// sends them now and moves their cursors. 0, or 1 if a digest could not be sent; 78
 /// without an `[email]` section.
-pub async fn digest_command(settings: &Settings, send: bool) -> ExitCode {
+pub async fn digest_command(settings: &Settings, send: bool, html: bool) -> ExitCode {
     use crate::app::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
     let Some(email) = &settings.email else {
         eprintln!(
@@ -378,6 +378,10 @@ pub async fn digest_command(settings: &Settings, send: bool) -> ExitCode {
             p.list.subscriptions.join(", ")
         };
         let Some(mailer) = &mailer else {
+            if html {
+                println!("{}", p.mail.html);
+                continue;
+            }
             println!("=== Synthèse pour {to} ({scope}) ===");
             println!("Objet : {}", p.mail.subject);
             if p.digest.nothing_to_say && !email.send_empty {
