@@ -33,6 +33,11 @@ pub fn entry_name(external_id: &str, case_id: &str, event_id: Option<&str>, roun
         String::new()
     };
     let mut external = entry_part(external_id);
+    // `aux.txt~…` would name a device on a Windows share: the stem before the first dot must
+    // not be a reserved name. Decided here, before any cut, so the `~rN` suffix always stays.
+    if is_windows_reserved(&external) {
+        external.insert(0, '_');
+    }
     // Ids must stay distinct after sanitising (`dossier/1` and `dossier_1`): when any
     // character was replaced, a short hash of the original keeps the name unique.
     let mut case = id_part(case_id);
@@ -80,14 +85,6 @@ pub fn entry_name(external_id: &str, case_id: &str, event_id: Option<&str>, roun
     while name.ends_with('.') || name.ends_with(' ') {
         name.pop();
         name.push('_');
-    }
-    // `aux.txt~…` would name a device on a Windows share: the stem before the first dot
-    // must not be a reserved name.
-    if is_windows_reserved(&name) {
-        name.insert(0, '_');
-        if name.len() > MAX_NAME_BYTES {
-            name.truncate(MAX_NAME_BYTES);
-        }
     }
     name
 }
@@ -423,7 +420,7 @@ mod tests {
         );
         assert_eq!(entry_name("..", ".", None, 0), format!("_..~_.-{}", h(".")));
         assert_eq!(entry_name("aux.txt", "id", None, 0), "_aux.txt~id");
-        assert_eq!(entry_name("COM1", "id", None, 0), "COM1~id");
+        assert_eq!(entry_name("COM1", "id", None, 0), "_COM1~id");
         assert_eq!(entry_name("../../etc", "id", None, 0), "_.._.._etc~id");
         assert_eq!(
             entry_name("ext", "case.", None, 0),
