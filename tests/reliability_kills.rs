@@ -181,7 +181,10 @@ async fn sigkill_at_random_instants_and_crash_points_under_run_never_loses_or_du
     loop {
         clean_runs += 1;
         let (code, out, err) = c.world.run(&["once"]).await;
-        assert!(code == 0 || code == 1, "clean run {clean_runs}: exit {code}\n{out}{err}");
+        assert!(
+            code == 0 || code == 1,
+            "clean run {clean_runs}: exit {code}\n{out}{err}"
+        );
         assert!(!err.contains("panicked"), "{err}");
         if code == 0 {
             break;
@@ -210,7 +213,11 @@ async fn sigkill_at_random_instants_and_crash_points_under_run_never_loses_or_du
     let before = mutating(&c);
     let (code, out, err) = c.world.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(mutating(&c), before, "a converged spool makes no change on the hub");
+    assert_eq!(
+        mutating(&c),
+        before,
+        "a converged spool makes no change on the hub"
+    );
     c.assert_end_state(&format!("seed {seed}, once more"));
 
     let expected = c.expected_keys().len();

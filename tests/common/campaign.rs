@@ -240,7 +240,9 @@ spool = "{d}/spool/{name}"
                 message: Some("Pièces complémentaires".into()),
                 attachments: files
                     .iter()
-                    .map(|(name, c)| AttachmentSpec::new(name, "piece", "application/pdf", c.clone()))
+                    .map(|(name, c)| {
+                        AttachmentSpec::new(name, "piece", "application/pdf", c.clone())
+                    })
                     .collect(),
                 ..Default::default()
             },
@@ -417,7 +419,11 @@ spool = "{d}/spool/{name}"
             } else {
                 check_files(name, m, &self.events[event].files);
                 assert!(
-                    self.spool(*sub).join("new").join(name).join("event.json").is_file(),
+                    self.spool(*sub)
+                        .join("new")
+                        .join(name)
+                        .join("event.json")
+                        .is_file(),
                     "{what}: {name}: event.json"
                 );
             }
@@ -465,9 +471,17 @@ spool = "{d}/spool/{name}"
         }
         for (i, s) in SUBS.iter().enumerate() {
             let left = hub.notifications(s.client);
-            assert!(left.is_empty(), "{what}: {}: notifications left: {left:?}", s.name);
+            assert!(
+                left.is_empty(),
+                "{what}: {}: notifications left: {left:?}",
+                s.name
+            );
             let tmp = super::daemon::dir_entries(&self.spool(i).join("tmp"));
-            assert!(tmp.is_empty(), "{what}: {}: tmp/ not empty: {tmp:?}", s.name);
+            assert!(
+                tmp.is_empty(),
+                "{what}: {}: tmp/ not empty: {tmp:?}",
+                s.name
+            );
             let q = super::daemon::dir_entries(&self.spool(i).join("quarantine"));
             assert!(q.is_empty(), "{what}: {}: quarantined: {q:?}", s.name);
         }
