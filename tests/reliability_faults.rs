@@ -56,17 +56,18 @@ fn phase_one(c: &mut Campaign) {
     }
 }
 
-/// Phase two, once phase one is acknowledged: reopenings of 6 cases, more events, 6 new cases.
+/// Phase two, once phase one is acknowledged: reopenings of 6 cases, 4 messages and 4
+/// deposits, 6 new cases.
 fn phase_two(c: &mut Campaign) {
     let ids: Vec<String> = c.cases.keys().cloned().collect();
     for id in ids.iter().step_by(5) {
         c.reopen(id);
     }
-    for (i, id) in ids.iter().enumerate().skip(1).step_by(4) {
-        if i % 2 == 0 {
+    for (k, id) in ids.iter().skip(1).step_by(4).enumerate() {
+        if k % 2 == 0 {
             c.post_message(id);
         } else {
-            c.post_deposit(id, i);
+            c.post_deposit(id, k);
         }
     }
     for n in 0..6 {
