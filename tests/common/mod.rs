@@ -1,6 +1,7 @@
 //! Shared test helpers: throwaway PostgreSQL databases, temporary configs, the binary.
 #![allow(dead_code)]
 
+pub mod campaign;
 pub mod daemon;
 
 use std::path::{Path, PathBuf};
