@@ -538,15 +538,6 @@ fn assert_safe_entry(name: &str) -> Result<(), TestCaseError> {
     Ok(())
 }
 
-/// A name hit by the bug recorded in
-/// `entry_names_of_different_rounds_differ_even_when_the_external_id_starts_with_a_device`:
-/// `_` put before a Windows device name after the name was already cut to 200 bytes, then
-/// the last byte dropped. Distinctness is not asserted for those here (the ignored test
-/// does), so the property keeps watching every other input in CI.
-fn cut_by_device_prefix(name: &str) -> bool {
-    name.len() == MAX_NAME_BYTES && name.starts_with('_') && is_windows_device(&name[1..])
-}
-
 #[test]
 fn entry_names_are_safe_stable_and_distinct_for_distinct_deliveries() {
     let ids = (
@@ -557,7 +548,6 @@ fn entry_names_are_safe_stable_and_distinct_for_distinct_deliveries() {
         0u32..4,
         0u32..4,
     );
-    let skipped = AtomicUsize::new(0);
     check(
         "names: entry_name",
         4000,
@@ -568,10 +558,6 @@ fn entry_names_are_safe_stable_and_distinct_for_distinct_deliveries() {
             prop_assert_eq!(&a, &entry_name(&external, &case_a, None, round_a), "stable");
             let ev = entry_name(&external, &case_a, Some(&event), 0);
             assert_safe_entry(&ev)?;
-            if cut_by_device_prefix(&a) || cut_by_device_prefix(&ev) {
-                skipped.fetch_add(1, Ordering::Relaxed);
-                return Ok(());
-            }
             prop_assert_ne!(&a, &ev, "an event entry differs from its case's");
             if case_a != case_b {
                 let b = entry_name(&external, &case_b, None, round_a);
@@ -584,10 +570,6 @@ fn entry_names_are_safe_stable_and_distinct_for_distinct_deliveries() {
             Ok(())
         },
     );
-    println!(
-        "names: entry_name: distinctness not asserted for {} inputs hit by the known bug",
-        skipped.into_inner()
-    );
 }
 
 /// CONTRACT: entry names are unique. Found by the property above (seed 9): an external id
@@ -596,9 +578,6 @@ fn entry_names_are_safe_stable_and_distinct_for_distinct_deliveries() {
 /// then `truncate(200)` drops its last byte: `~r1` and `~r2` both end as `~r`, and an event
 /// id or the case id loses its last character.
 #[test]
-#[ignore = "bug: entry_name truncates the round suffix (or the last byte of an id) when an \
-            external id starting with a Windows device name (CON.…) fills the 200 bytes: \
-            rounds 1 and 2 of a reopened case get the same entry name (src/deliver/names.rs)"]
 fn entry_names_of_different_rounds_differ_even_when_the_external_id_starts_with_a_device() {
     let external = format!("CON.{}", "x".repeat(300));
     let case = "b4c5cb9b-4ab8-46d1-9337-10308a31e0ab";

@@ -251,6 +251,11 @@ impl StateDb {
             Location::Postgres(url) => (url.clone(), None, 8),
         };
         let is_sqlite = matches!(location, Location::Sqlite(_));
+        if is_sqlite {
+            // One direct connection first: a file that is not a database (corrupt, or another
+            // file) is said at once, not retried by the pool as if it were a passing fault.
+            check_sqlite_file(&url, &place).await?;
+        }
         let pool = AnyPoolOptions::new()
             .max_connections(max_conn)
             .acquire_timeout(Duration::from_secs(30))
@@ -935,6 +940,36 @@ fn row_to_delivery(r: &AnyRow) -> Result<DeliveryRow, sqlx::Error> {
         notification_id: r.try_get(13)?,
         files_json: r.try_get(14)?,
     })
+}
+
+async fn check_sqlite_file(url: &str, place: &str) -> Result<(), StateError> {
+    use sqlx::Connection;
+    let result = async {
+        let mut c = sqlx::AnyConnection::connect(url).await?;
+        c.execute("PRAGMA journal_mode=WAL").await?;
+        c.close().await
+    }
+    .await;
+    match result {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let detail = crate::hubee::client::error_chain(&e);
+            let corrupt = detail.contains("not a database") || detail.contains("malformed");
+            Err(StateError::Open {
+                place: place.to_string(),
+                detail: if corrupt {
+                    format!("the file is not a usable SQLite database (corrupt?): {detail}")
+                } else {
+                    detail
+                },
+                fix: if corrupt {
+                    "stop hubee-sync, restore the file from a backup or move it aside, and start again: a new state database is created, and entries already in the spool are recognised by their manifest, so nothing is delivered twice".into()
+                } else {
+                    "check that the directory exists and is writable by the service user".into()
+                },
+            })
+        }
+    }
 }
 
 /// The state database holds case ids and file names: no one else needs to read it.
