@@ -6,7 +6,9 @@ bash scripts/ensure-postgres.sh
 # The email tests send to a real SMTP server on 127.0.0.1 (scripts/smtp-sink.py, aiosmtpd),
 # which each test starts itself; openssl makes their TLS certificates.
 if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
-    python3 -m pip install --quiet aiosmtpd || python3 -m pip install --quiet --break-system-packages aiosmtpd
+    python3 -m pip install --quiet aiosmtpd 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages aiosmtpd 2>/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-aiosmtpd; }
 fi
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 export HUBEE_TEST_PG_URL="${HUBEE_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
