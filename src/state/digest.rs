@@ -137,26 +137,10 @@ impl StateDb {
             .fetch_all(&self.pool)
             .await
             .map_err(self.q("reading the activity journal"))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in rows {
-            let get = |e| self.q("reading the activity journal")(e);
-            out.push(Activity {
-                seq: r.try_get(0).map_err(get)?,
-                subscription: r.try_get(1).map_err(get)?,
-                at: r.try_get(2).map_err(get)?,
-                kind: r.try_get(3).map_err(get)?,
-                case_id: r.try_get(4).map_err(get)?,
-                external_id: r.try_get(5).map_err(get)?,
-                event_id: r.try_get(6).map_err(get)?,
-                // A detail that is not JSON (written by a future version?) is shown as absent.
-                detail: r
-                    .try_get::<Option<String>, _>(7)
-                    .map_err(get)?
-                    .and_then(|d| serde_json::from_str(&d).ok())
-                    .unwrap_or(serde_json::Value::Null),
-            });
-        }
-        Ok(out)
+        rows.iter()
+            .map(super::row_to_activity)
+            .collect::<Result<_, _>>()
+            .map_err(self.q("reading the activity journal"))
     }
 
     /// Health of each named subscription, in the order given; one that never ran has no
