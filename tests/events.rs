@@ -272,6 +272,10 @@ async fn failing_case_is_parked_then_quarantined_with_si_intg_error_and_reason()
     let q = w.entries("quarantine");
     assert_eq!(q.len(), 1, "{q:?}");
     assert!(q[0].contains(&bad));
+    assert!(
+        q[0].starts_with("DGS-CERTDC-BAD-0000~"),
+        "named with its external id: {q:?}"
+    );
     let reason =
         std::fs::read_to_string(w.spool().join("quarantine").join(&q[0]).join("reason.txt"))
             .unwrap();

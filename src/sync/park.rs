@@ -54,7 +54,19 @@ pub async fn quarantine(
     item: &WorkItem,
     failure: &Failure,
 ) -> Result<String, ItemError> {
-    let external_id = item.external_id.clone().unwrap_or_default();
+    // An item failing in the queue may not know its case's external id yet: ask the hub
+    // (best effort), so that reason.txt, the entry name and the digest can show it.
+    let external_id = match &item.external_id {
+        Some(e) => e.clone(),
+        None if item.kind != "invalid" => ctx
+            .session
+            .get_case(&item.case_id)
+            .await
+            .ok()
+            .and_then(|(c, _)| c.external_id)
+            .unwrap_or_default(),
+        None => String::new(),
+    };
     let entry_name = if item.kind == "invalid" {
         names::entry_name("notification", &item.case_id, None, 0)
     } else {
