@@ -314,28 +314,16 @@ fn validate_hub(
             }
         },
     };
-    let ca_file = match &h.ca_file {
-        None => Some(None),
-        Some(p) => {
-            let path = dir.join(p);
-            match std::fs::read(&path) {
-                Ok(bytes) if contains(&bytes, b"-----BEGIN CERTIFICATE-----") => Some(Some(path)),
-                Ok(_) => {
-                    errors.push(
-                        file,
-                        "hub.ca_file",
-                        format!("{} holds no PEM certificate", path.display()),
-                        "put the CA certificate(s) in it in PEM form (-----BEGIN CERTIFICATE-----)",
-                    );
-                    None
-                }
-                Err(e) => {
-                    errors.push(file, "hub.ca_file", format!("{} cannot be read: {e}", path.display()), "create it with the extra CA certificate(s) in PEM form, readable by the service, or remove ca_file");
-                    None
-                }
-            }
-        }
-    };
+    let ca_file = ca_file(
+        h.ca_file.as_deref(),
+        dir,
+        file,
+        "hub.ca_file",
+        "put the CA certificate(s) in it in PEM form (-----BEGIN CERTIFICATE-----)",
+        "create it with the extra CA certificate(s) in PEM form, readable by the service, or remove ca_file",
+        errors,
+    );
+
     let timeout = duration(
         &h.timeout,
         file,
@@ -590,28 +578,16 @@ fn validate_email(
         Duration::from_secs(30 * 86400),
         errors,
     );
-    let ca_file = match &e.ca_file {
-        None => Some(None),
-        Some(p) => {
-            let path = dir.join(p);
-            match std::fs::read(&path) {
-                Ok(bytes) if contains(&bytes, b"-----BEGIN CERTIFICATE-----") => Some(Some(path)),
-                Ok(_) => {
-                    errors.push(
-                        file,
-                        "email.ca_file",
-                        format!("{} holds no PEM certificate", path.display()),
-                        "put the CA certificate(s) of the SMTP server in it in PEM form (-----BEGIN CERTIFICATE-----)",
-                    );
-                    None
-                }
-                Err(err) => {
-                    errors.push(file, "email.ca_file", format!("{} cannot be read: {err}", path.display()), "create it with the SMTP server's CA certificate(s) in PEM form, readable by the service, or remove ca_file");
-                    None
-                }
-            }
-        }
-    };
+    let ca_file = ca_file(
+        e.ca_file.as_deref(),
+        dir,
+        file,
+        "email.ca_file",
+        "put the CA certificate(s) of the SMTP server in it in PEM form (-----BEGIN CERTIFICATE-----)",
+        "create it with the SMTP server's CA certificate(s) in PEM form, readable by the service, or remove ca_file",
+        errors,
+    );
+
     Some(EmailSettings {
         smtp_url: smtp_url?,
         from: from?,
@@ -959,6 +935,43 @@ fn delivery(
                 key("delivery"),
                 format!("{other:?} is not a kind of delivery"),
                 fix,
+            );
+            None
+        }
+    }
+}
+
+/// An extra CA file (`[hub] ca_file`, `[email] ca_file`): relative to the config's
+/// directory, readable, holding at least one PEM certificate. `Some(None)` when not set,
+/// `None` after an error was recorded.
+fn ca_file(
+    value: Option<&str>,
+    dir: &Path,
+    file: &Path,
+    key: &str,
+    fix_not_pem: &str,
+    fix_unreadable: &str,
+    errors: &mut Collector,
+) -> Option<Option<PathBuf>> {
+    let Some(p) = value else { return Some(None) };
+    let path = dir.join(p);
+    match std::fs::read(&path) {
+        Ok(bytes) if contains(&bytes, b"-----BEGIN CERTIFICATE-----") => Some(Some(path)),
+        Ok(_) => {
+            errors.push(
+                file,
+                key,
+                format!("{} holds no PEM certificate", path.display()),
+                fix_not_pem,
+            );
+            None
+        }
+        Err(err) => {
+            errors.push(
+                file,
+                key,
+                format!("{} cannot be read: {err}", path.display()),
+                fix_unreadable,
             );
             None
         }

@@ -478,6 +478,30 @@ async fn finish_sent(
     Ok(())
 }
 
+/// Records a reply's outcome in the activity journal (the digest lists both); a failure to
+/// record is logged, never a reason to fail the reply.
+async fn note_outcome(
+    ctx: &SubscriptionCtx,
+    kind: &str,
+    row: &ReplyRow,
+    detail: serde_json::Value,
+) {
+    if let Err(e) = ctx
+        .state
+        .record_activity(
+            &ctx.name,
+            kind,
+            Some(row.case_id.as_str()).filter(|c| !c.is_empty()),
+            Some(row.external_id.as_str()).filter(|c| !c.is_empty()),
+            row.event_id.as_deref(),
+            detail,
+        )
+        .await
+    {
+        tracing::warn!(subscription = %ctx.name, error = %e, "cannot record outbox activity for the digest");
+    }
+}
+
 async fn note_sent(ctx: &SubscriptionCtx, row: &ReplyRow) {
     tracing::info!(subscription = %ctx.name, folder = %row.key.folder, case_id = %row.case_id,
         external_id = %row.external_id, event_id = row.event_id.as_deref().unwrap_or(""),
@@ -491,24 +515,7 @@ async fn note_sent(ctx: &SubscriptionCtx, row: &ReplyRow) {
         "files": row.files.iter().map(|f| f.file.clone()).collect::<Vec<_>>(),
         "moved_to": row.moved_to,
     });
-    if let Err(e) = ctx
-        .state
-        .record_activity(
-            &ctx.name,
-            "outbox_sent",
-            Some(&row.case_id)
-                .filter(|c| !c.is_empty())
-                .map(String::as_str),
-            Some(&row.external_id)
-                .filter(|c| !c.is_empty())
-                .map(String::as_str),
-            row.event_id.as_deref(),
-            detail,
-        )
-        .await
-    {
-        tracing::warn!(subscription = %ctx.name, error = %e, "cannot record outbox activity for the digest");
-    }
+    note_outcome(ctx, "outbox_sent", row, detail).await;
 }
 
 /// The same reply (same folder name, same reply.json) already sent: not applied again.
@@ -651,24 +658,7 @@ async fn finish_failed(
         "hub": f.hub_en,
         "moved_to": row.moved_to,
     });
-    if let Err(e) = ctx
-        .state
-        .record_activity(
-            &ctx.name,
-            "outbox_failed",
-            Some(&row.case_id)
-                .filter(|c| !c.is_empty())
-                .map(String::as_str),
-            Some(&row.external_id)
-                .filter(|c| !c.is_empty())
-                .map(String::as_str),
-            row.event_id.as_deref(),
-            detail,
-        )
-        .await
-    {
-        tracing::warn!(subscription = %ctx.name, error = %e, "cannot record outbox activity for the digest");
-    }
+    note_outcome(ctx, "outbox_failed", &row, detail).await;
     report.failed.push((row.key.folder.clone(), reason));
     Ok(())
 }
