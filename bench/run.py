@@ -19,6 +19,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 HUB = os.path.join(ROOT, "target/release/fake-hubee")
 SYNC = os.path.join(ROOT, "target/release/hubee-sync")
 QUICK = "--quick" in sys.argv
+# `--only a,c,e`: some scenarios only ((a), (b), (c), e = editor scale and idle).
+ONLY = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), "abce")
+# `--perf`: hubee-sync runs under `perf record` (call graphs), data in /var/tmp/hubee-bench-X.perf.
+PERF = "--perf" in sys.argv
 
 
 def start_hub(work, cases, files, size, extra_clients=0):
@@ -86,10 +90,11 @@ def write_config(work, api, token_url, subs, schedule="every 5m"):
     return path
 
 
-def timed_once(work, cfg):
+def timed_once(work, cfg, tag=""):
     rss = os.path.join(work, "rss")
+    prof = ["perf", "record", "-q", "-F", "999", "-g", "-o", f"/var/tmp/hubee-bench-{tag}.perf"] if PERF and tag else []
     t0 = time.monotonic()
-    r = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", rss, SYNC, "--config", cfg, "once"],
+    r = subprocess.run(["/usr/bin/time", "-f", "%M %U %S", "-o", rss] + prof + [SYNC, "--config", cfg, "once"],
                        env={**os.environ, "HUBEE_SYNC_LOG": "warn"}, capture_output=True)
     t = time.monotonic() - t0
     if r.returncode != 0:
@@ -98,13 +103,21 @@ def timed_once(work, cfg):
     return t, int(kib), float(user) + float(sys_)
 
 
+def proc_cpu_s(pid):
+    """User + system CPU seconds of a live process so far."""
+    f = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def scenario(label, cases, files, size):
     work = tempfile.mkdtemp(prefix="hubee-bench-", dir="/var/tmp")
     try:
         hub, api, tok = start_hub(work, cases, files, size)
         n, t_ceiling = ceiling(work, api, tok)
         cfg = write_config(work, api, tok, [("bench", "bench")])
-        t, kib, cpu = timed_once(work, cfg)
+        hub_cpu0 = proc_cpu_s(hub.pid)
+        t, kib, cpu = timed_once(work, cfg, label[1])
+        hub_cpu = proc_cpu_s(hub.pid) - hub_cpu0
         entries = len(os.listdir(os.path.join(work, "spool/bench/new")))
         assert entries == cases, f"{entries} entries for {cases} cases"
         state = hub_state(api)
@@ -112,7 +125,7 @@ def scenario(label, cases, files, size):
         stop(hub)
         mb = n / 1e6
         return dict(label=label, bytes=n, ceiling_s=t_ceiling, ceiling_mbs=mb / t_ceiling, s=t, mbs=mb / t,
-                    ratio_throughput=(mb / t) / (mb / t_ceiling), ratio_time=t / t_ceiling, rss_kib=kib, cpu_s=cpu)
+                    ratio_throughput=(mb / t) / (mb / t_ceiling), ratio_time=t / t_ceiling, rss_kib=kib, cpu_s=cpu, hub_cpu_s=hub_cpu)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -153,7 +166,8 @@ def editor_scale(nsubs=500):
 
 
 def main():
-    subprocess.run(["cargo", "build", "--locked", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
+    if "--no-build" not in sys.argv:
+        subprocess.run(["cargo", "build", "--locked", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
     if not os.path.exists("/usr/bin/time"):
         raise SystemExit("GNU time is needed: apt-get install time")
     rows = []
@@ -164,10 +178,12 @@ def main():
         plan = [("(a) 100 cases x 3 x 100 KB", 100, 3, 100_000), ("(b) 4 cases x 3 x 50 MB", 4, 3, 50_000_000),
                 ("(c) 1 case x 1 x 256 MiB", 1, 1, 256 << 20)]
     for label, cases, files, size in plan:
+        if label[1] not in ONLY:
+            continue
         r = scenario(label, cases, files, size)
         rows.append(r)
         print(json.dumps(r), flush=True)
-    e = editor_scale(100 if QUICK else 500)
+    e = editor_scale(100 if QUICK else 500) if "e" in ONLY else None
     print(json.dumps(e), flush=True)
     print()
     print("| scenario | bytes | ceiling s (MB/s) | hubee-sync s (MB/s) | throughput / ceiling | time / ceiling | peak RSS |")
@@ -175,6 +191,8 @@ def main():
     for r in rows:
         print(f"| {r['label']} | {r['bytes']:,} | {r['ceiling_s']:.2f} ({r['ceiling_mbs']:.0f}) | {r['s']:.2f} ({r['mbs']:.0f}) "
               f"| {r['ratio_throughput']:.2f} | {r['ratio_time']:.2f} | {r['rss_kib'] / 1024:.1f} MiB |")
+    if e is None:
+        return
     print()
     print(f"| {e['nsubs']} empty subscriptions, one once | {e['s']:.2f} s wall, {e['cpu_s']:.2f} s CPU, "
           f"{e['requests']} requests, peak RSS {e['rss_kib'] / 1024:.1f} MiB |")

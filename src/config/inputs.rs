@@ -21,6 +21,7 @@ pub(crate) mod defaults {
     pub const TIMEOUT: &str = "60s";
     pub const MAX_PARALLEL_DOWNLOADS: i64 = 4;
     pub const MAX_PARALLEL_SUBSCRIPTIONS: i64 = 4;
+    pub const MAX_PARALLEL_CASES: i64 = 8;
     pub const RETRY_ATTEMPTS: i64 = 5;
     pub const RETRY_BASE_DELAY: &str = "500ms";
     pub const RETRY_MAX_DELAY: &str = "60s";
@@ -61,6 +62,7 @@ pub(crate) struct HubInputs {
     pub timeout: String,
     pub max_parallel_downloads: i64,
     pub max_parallel_subscriptions: i64,
+    pub max_parallel_cases: i64,
     pub retry_attempts: i64,
     pub retry_base_delay: String,
     pub retry_max_delay: String,
@@ -159,6 +161,9 @@ fn hub_inputs(raw: RawHub) -> HubInputs {
         max_parallel_subscriptions: raw
             .max_parallel_subscriptions
             .unwrap_or(defaults::MAX_PARALLEL_SUBSCRIPTIONS),
+        max_parallel_cases: raw
+            .max_parallel_cases
+            .unwrap_or(defaults::MAX_PARALLEL_CASES),
         retry_attempts: raw.retry_attempts.unwrap_or(defaults::RETRY_ATTEMPTS),
         retry_base_delay: raw
             .retry_base_delay

@@ -60,6 +60,8 @@ pub struct HubSettings {
     /// Subscriptions whose cycles run at the same time (`run` and `once`); the others wait
     /// for a free slot.
     pub max_parallel_subscriptions: usize,
+    /// Cases (and events) of one subscription worked at the same time within a batch.
+    pub max_parallel_cases: usize,
     /// Total tries of an idempotent call (1 = no retry).
     pub retry_attempts: u32,
     pub retry_base_delay: Duration,
@@ -108,6 +110,7 @@ impl fmt::Debug for HubSettings {
                 "max_parallel_subscriptions",
                 &self.max_parallel_subscriptions,
             )
+            .field("max_parallel_cases", &self.max_parallel_cases)
             .field("retry_attempts", &self.retry_attempts)
             .field("retry_base_delay", &self.retry_base_delay)
             .field("retry_max_delay", &self.retry_max_delay)
@@ -348,6 +351,14 @@ fn validate_hub(
         64,
         errors,
     );
+    let max_parallel_cases = number(
+        h.max_parallel_cases,
+        file,
+        "hub.max_parallel_cases",
+        1,
+        64,
+        errors,
+    );
     let retry_attempts = number(h.retry_attempts, file, "hub.retry_attempts", 1, 20, errors);
     let download_attempts = number(
         h.download_attempts,
@@ -398,6 +409,7 @@ fn validate_hub(
         timeout: timeout?,
         max_parallel_downloads: usize::try_from(max_parallel_downloads?).ok()?,
         max_parallel_subscriptions: usize::try_from(max_parallel_subscriptions?).ok()?,
+        max_parallel_cases: usize::try_from(max_parallel_cases?).ok()?,
         retry_attempts: u32::try_from(retry_attempts?).ok()?,
         retry_base_delay: retry_base_delay?,
         retry_max_delay: retry_max_delay?,

@@ -162,6 +162,7 @@ fn a_valid_config_gives_strong_settings_with_defaults() {
     assert_eq!(s.hub.timeout, Duration::from_secs(60));
     assert_eq!(s.hub.max_parallel_downloads, 4);
     assert_eq!(s.hub.max_parallel_subscriptions, 4);
+    assert_eq!(s.hub.max_parallel_cases, 8);
     assert_eq!(s.hub.retry_attempts, 5);
     assert_eq!(s.hub.retry_base_delay, Duration::from_millis(500));
     assert_eq!(s.hub.retry_max_delay, Duration::from_secs(60));
@@ -212,6 +213,27 @@ fn max_parallel_subscriptions_is_read_and_bounded() {
         0o644,
     );
     assert_has(&f.errors(&path), "hub.max_parallel_subscriptions");
+}
+
+#[test]
+fn max_parallel_cases_is_read_and_bounded() {
+    let f = Fixture::new();
+    let path = f.write("c.toml", &format!("{HUB}max_parallel_cases = 3\n"), 0o644);
+    let s = f.load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.hub.max_parallel_cases, 3);
+    for bad in ["0", "65"] {
+        let path = f.write(
+            "c.toml",
+            &format!("{HUB}max_parallel_cases = {bad}\n"),
+            0o644,
+        );
+        let errors = f.errors(&path);
+        assert_has(
+            &errors,
+            &format!("hub.max_parallel_cases: {bad} is outside 1 to 64"),
+        );
+        assert_eq!(errors.len(), 1, "{}", errors.join("\n"));
+    }
 }
 
 #[test]

@@ -534,9 +534,35 @@ impl PendingEntry {
         rel_path: &str,
         bytes: &[u8],
     ) -> Result<WrittenFile, SpoolError> {
-        let mut writer = self.create_file(rel_path).await?;
-        writer.write(bytes).await?;
-        writer.finish().await
+        if rel_path == MANIFEST || rel_path == SHA256SUMS {
+            return Err(SpoolError::UnsafePath {
+                path: rel_path.to_string(),
+                entry: self.dir.clone(),
+                reason: "this name is reserved for what seal() writes",
+            });
+        }
+        let path = checked_join(&self.dir, rel_path)?;
+        {
+            let mut files = lock(&self.files);
+            files.finished.remove(rel_path);
+            files.writing.insert(rel_path.to_string());
+        }
+        // Create, write and fsync in one trip to a blocking thread.
+        let (gid, bytes_owned, at) = (self.gid, bytes.to_vec(), path.clone());
+        tokio::task::spawn_blocking(move || write_durably(&at, gid, &bytes_owned))
+            .await
+            .map_err(|e| io_err("write", &path)(io::Error::other(e)))??;
+        let written = WrittenFile {
+            rel_path: rel_path.to_string(),
+            size: bytes.len() as u64,
+            sha256: Sha256::digest(bytes).into(),
+        };
+        let mut files = lock(&self.files);
+        files.writing.remove(rel_path);
+        files
+            .finished
+            .insert(rel_path.to_string(), (written.size, written.sha256_hex()));
+        Ok(written)
     }
 
     /// Writes `manifest.json` and `SHA256SUMS`, fsyncs them, then fsyncs `attachments/`, the
@@ -563,28 +589,36 @@ impl PendingEntry {
         let mut json = serde_json::to_vec_pretty(manifest)
             .map_err(|e| io_err("write", &manifest_path)(io::Error::other(e)))?;
         json.push(b'\n');
-        let mut writer = self.create(MANIFEST).await?;
-        writer.write(&json).await?;
-        writer.finish().await?;
-
-        // `sha256sum -c` format, sorted by path (the registry is a BTreeMap).
-        let sums: String = lock(&self.files)
-            .finished
-            .iter()
-            .map(|(path, (_, sha))| format!("{sha}  {path}\n"))
-            .collect();
-        let mut writer = self.create(SHA256SUMS).await?;
-        writer.write(sums.as_bytes()).await?;
-        writer.finish().await?;
-
+        // `sha256sum -c` format, sorted by path (the registry is a BTreeMap); manifest.json
+        // itself is listed too.
+        let sums: String = {
+            let mut files = lock(&self.files);
+            files.finished.insert(
+                MANIFEST.to_string(),
+                (json.len() as u64, hex::encode(Sha256::digest(&json))),
+            );
+            files
+                .finished
+                .iter()
+                .map(|(path, (_, sha))| format!("{sha}  {path}\n"))
+                .collect()
+        };
+        let sums_path = self.dir.join(SHA256SUMS);
         let dirs = [
             self.dir.join(ATTACHMENTS),
             self.dir.clone(),
             self.tmp.clone(),
         ];
-        tokio::task::spawn_blocking(move || dirs.iter().try_for_each(|d| fsync_dir(d)))
-            .await
-            .map_err(|e| io_err("fsync", &self.dir)(io::Error::other(e)))??;
+        // Both files written and fsynced, then the directories, in one trip to a blocking
+        // thread.
+        let gid = self.gid;
+        tokio::task::spawn_blocking(move || {
+            write_durably(&manifest_path, gid, &json)?;
+            write_durably(&sums_path, gid, sums.as_bytes())?;
+            dirs.iter().try_for_each(|d| fsync_dir(d))
+        })
+        .await
+        .map_err(|e| io_err("fsync", &self.dir)(io::Error::other(e)))??;
         Ok(self.dir)
     }
 
@@ -706,15 +740,24 @@ impl FileWriter {
 
     /// Flushes and fsyncs the file, records it in the entry, and says what was written.
     pub async fn finish(mut self) -> Result<WrittenFile, SpoolError> {
+        // The write in flight, if any, completed and its error reported (the file's own
+        // flush; what the buffer holds is not written by it)...
         self.out
+            .get_mut()
             .flush()
             .await
             .map_err(io_err("write", &self.path))?;
-        self.out
-            .get_mut()
-            .sync_all()
-            .await
-            .map_err(io_err("fsync", &self.path))?;
+        // ...then what is still buffered written, and the file fsynced, in one trip to a
+        // blocking thread.
+        let rest = self.out.buffer().to_vec();
+        let mut file = self.out.into_inner().into_std().await;
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            file.write_all(&rest).map_err(io_err("write", &path))?;
+            file.sync_all().map_err(io_err("fsync", &path))
+        })
+        .await
+        .map_err(|e| io_err("fsync", &self.path)(io::Error::other(e)))??;
         let sha256: [u8; 32] = self.hasher.finalize().into();
         let written = WrittenFile {
             rel_path: self.rel_path,
@@ -882,6 +925,13 @@ fn create_private_file(path: &Path, gid: Option<libc::gid_t>) -> Result<fs::File
     file.set_permissions(fs::Permissions::from_mode(FILE_MODE))
         .map_err(io_err("chmod", path))?;
     Ok(file)
+}
+
+/// Creates a private file with `bytes` and fsyncs it (blocking).
+fn write_durably(path: &Path, gid: Option<libc::gid_t>, bytes: &[u8]) -> Result<(), SpoolError> {
+    let mut file = create_private_file(path, gid)?;
+    file.write_all(bytes).map_err(io_err("write", path))?;
+    file.sync_all().map_err(io_err("fsync", path))
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {

@@ -256,6 +256,21 @@ impl HubSession {
         Ok(value)
     }
 
+    /// A new token after `refused` was refused (401). Calls in flight at the same time all
+    /// see their 401: the first renews, the others take the token it obtained.
+    async fn renew_token(&self, refused: &str) -> Result<String, HubError> {
+        let mut guard = self.token.lock().await;
+        if let Some(t) = guard.as_ref() {
+            if t.value != refused && Instant::now() < t.renew_at {
+                return Ok(t.value.clone());
+            }
+        }
+        let t = self.fetch_token().await?;
+        let value = t.value.clone();
+        *guard = Some(t);
+        Ok(value)
+    }
+
     /// Forgets the cached token (used by tests and after a refused one).
     pub async fn forget_token(&self) {
         *self.token.lock().await = None;
@@ -423,7 +438,7 @@ impl HubSession {
                         // PROTOCOL §9: on any 401 (above all 900901) renew once and replay.
                         renewed = true;
                         tracing::debug!(client_id = %self.client_id, %op, "token refused, renewing it once");
-                        self.token(true).await?;
+                        self.renew_token(&token).await?;
                         continue;
                     }
                     let err = HubError::Status {

@@ -221,6 +221,16 @@ fn ms_to_rfc3339(ms: i64) -> String {
         .unwrap_or_default()
 }
 
+/// A record for the activity journal, written with another state change.
+#[derive(Debug, Clone)]
+pub struct ActivityNote<'a> {
+    pub kind: &'a str,
+    pub case_id: Option<&'a str>,
+    pub external_id: Option<&'a str>,
+    pub event_id: Option<&'a str>,
+    pub detail: serde_json::Value,
+}
+
 /// The state database handle. Cheap to clone.
 #[derive(Clone)]
 pub struct StateDb {
@@ -398,6 +408,48 @@ impl StateDb {
         .map_err(self.q("allocating a spool sequence number"))?;
         row.try_get::<i64, _>(0)
             .map_err(self.q("allocating a spool sequence number"))
+    }
+
+    /// Reserves `count` spool sequence numbers at once (one durable write); returns the last
+    /// of them: the block is `last - count + 1 ..= last`.
+    pub async fn reserve_sequences(
+        &self,
+        subscription: &str,
+        count: i64,
+    ) -> Result<i64, StateError> {
+        self.ensure_subscription(subscription).await?;
+        let row = sqlx::query(
+            "UPDATE subscription_state SET spool_sequence = spool_sequence + $2
+             WHERE subscription = $1 RETURNING spool_sequence",
+        )
+        .bind(subscription)
+        .bind(count)
+        .fetch_one(&self.pool)
+        .await
+        .map_err(self.q("reserving spool sequence numbers"))?;
+        row.try_get::<i64, _>(0)
+            .map_err(self.q("reserving spool sequence numbers"))
+    }
+
+    /// Gives back reserved numbers after `used_last`, only if no one reserved after
+    /// `reserved_last` (else they stay a gap, never a repeat).
+    pub async fn return_sequences(
+        &self,
+        subscription: &str,
+        reserved_last: i64,
+        used_last: i64,
+    ) -> Result<(), StateError> {
+        sqlx::query(
+            "UPDATE subscription_state SET spool_sequence = $3
+             WHERE subscription = $1 AND spool_sequence = $2",
+        )
+        .bind(subscription)
+        .bind(reserved_last)
+        .bind(used_last)
+        .execute(&self.pool)
+        .await
+        .map_err(self.q("giving back spool sequence numbers"))?;
+        Ok(())
     }
 
     async fn ensure_subscription(&self, subscription: &str) -> Result<(), StateError> {
@@ -848,10 +900,28 @@ impl StateDb {
             .begin()
             .await
             .map_err(self.q("recording activity"))?;
+        let note = ActivityNote {
+            kind,
+            case_id,
+            external_id,
+            event_id,
+            detail,
+        };
+        let seq = self.insert_activity(&mut tx, subscription, &note).await?;
+        tx.commit().await.map_err(self.q("recording activity"))?;
+        Ok(seq)
+    }
+
+    async fn insert_activity(
+        &self,
+        conn: &mut sqlx::AnyConnection,
+        subscription: &str,
+        note: &ActivityNote<'_>,
+    ) -> Result<i64, StateError> {
         let seq: i64 = sqlx::query(
             "UPDATE hubee_sync_counter SET value = value + 1 WHERE name = 'activity' RETURNING value",
         )
-        .fetch_one(&mut *tx)
+        .fetch_one(&mut *conn)
         .await
         .and_then(|r| r.try_get::<i64, _>(0))
         .map_err(self.q("recording activity"))?;
@@ -862,16 +932,62 @@ impl StateDb {
         .bind(seq)
         .bind(subscription)
         .bind(now_ms())
-        .bind(kind)
-        .bind(case_id.map(str::to_string))
-        .bind(external_id.map(str::to_string))
-        .bind(event_id.map(str::to_string))
-        .bind(detail.to_string())
-        .execute(&mut *tx)
+        .bind(note.kind)
+        .bind(note.case_id.map(str::to_string))
+        .bind(note.external_id.map(str::to_string))
+        .bind(note.event_id.map(str::to_string))
+        .bind(note.detail.to_string())
+        .execute(&mut *conn)
         .await
         .map_err(self.q("recording activity"))?;
-        tx.commit().await.map_err(self.q("recording activity"))?;
         Ok(seq)
+    }
+
+    /// Records a delivery published (its rename done), in one transaction (one durable write
+    /// instead of up to three) with: where its receipt walk starts (`receipt` = from, to; the
+    /// stage becomes `receipt_started`, durable before the first PATCH exactly as
+    /// [`StateDb::record_receipt_start`] makes it), and its activity record.
+    pub async fn record_published(
+        &self,
+        key: &DeliveryKey,
+        receipt: Option<(&str, &str)>,
+        note: Option<ActivityNote<'_>>,
+    ) -> Result<(), StateError> {
+        let now = now_ms();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.q("recording a publication"))?;
+        let stage = if receipt.is_some() {
+            Stage::ReceiptStarted
+        } else {
+            Stage::Published
+        };
+        sqlx::query(
+            "UPDATE delivery SET stage = $5, updated_at = $6, published_at = COALESCE(published_at, $6),
+                tmp_path = NULL, receipt_from = COALESCE($7, receipt_from), receipt_to = COALESCE($8, receipt_to)
+             WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
+        )
+        .bind(&key.subscription)
+        .bind(&key.case_id)
+        .bind(&key.event_id)
+        .bind(key.round)
+        .bind(stage.as_str())
+        .bind(now)
+        .bind(receipt.map(|r| r.0.to_string()))
+        .bind(receipt.map(|r| r.1.to_string()))
+        .execute(&mut *tx)
+        .await
+        .map_err(self.q("recording a publication"))?;
+        if let Some(note) = &note {
+            self.insert_activity(&mut tx, &key.subscription, note)
+                .await?;
+        }
+        tx.commit()
+            .await
+            .map_err(self.q("recording a publication"))?;
+        Ok(())
     }
 
     /// Activity after `after_seq`, oldest first, at most `limit` records; all subscriptions

@@ -107,7 +107,8 @@ pub async fn deliver_case(
         event_id: String::new(),
         round,
     };
-    let mut row = ctx.state.delivery(&key).await?;
+    // `latest` is the row of its own round; a later round has no row yet.
+    let mut row = latest.filter(|l| l.key.round == round);
     let mut outcome = CaseOutcome::AlreadyDelivered;
     if row.as_ref().is_none_or(|r| r.stage < Stage::Published) {
         match &row {
@@ -128,6 +129,7 @@ pub async fn deliver_case(
                     event_raw: None,
                     event_id: None,
                     attachments: &case.attachments,
+                    receipt_start: receipt_start(ctx, &case, round),
                 };
                 match entry::publish(ctx, src).await? {
                     Publication::Done => outcome = CaseOutcome::Delivered,
@@ -142,6 +144,22 @@ pub async fn deliver_case(
         receipt(ctx, &row, Some(case)).await?;
     }
     Ok(outcome)
+}
+
+/// Where the receipt walk of a case about to be published will start (its status now, the
+/// receipt status), when it will walk at all; [`receipt`] decides the same way.
+fn receipt_start(ctx: &SubscriptionCtx, case: &Case, round: i64) -> Option<(String, String)> {
+    if find_marked_event(case, &receipt_key(case.id.as_deref()?, round)).is_some() {
+        return None;
+    }
+    let current: CaseStatus = case.status.as_deref()?.parse().ok()?;
+    match receipt_plan(current, ctx.receipt_status) {
+        ReceiptPlan::LeaveAsIs => None,
+        _ => Some((
+            current.as_str().to_string(),
+            ctx.receipt_status.as_str().to_string(),
+        )),
+    }
 }
 
 /// Walks the case to the receipt status and posts one STATUS_UPDATE event, exactly once.

@@ -3,12 +3,15 @@
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+use futures_util::stream::{self, StreamExt};
 
 use crate::deliver::{PublishOutcome, Spool, SpoolError};
 use crate::hubee::status::CaseStatus;
 use crate::hubee::{HubError, HubSession};
-use crate::state::{DeliveryRow, LockError, Stage, StateDb, StateError, WorkItem};
+use crate::state::{ActivityNote, DeliveryRow, LockError, Stage, StateDb, StateError, WorkItem};
 
 use super::case::{deliver_case, CaseOutcome};
 use super::event::deliver_event;
@@ -27,6 +30,12 @@ pub struct SubscriptionCtx {
     pub spool: Spool,
     pub state: StateDb,
     pub max_parallel_downloads: usize,
+    /// Downloads in flight for this subscription, all cases together (max_parallel_downloads).
+    pub downloads: tokio::sync::Semaphore,
+    /// Cases worked at the same time within a batch (spool delivery; one for a database).
+    pub max_parallel_cases: usize,
+    /// Spool sequence numbers, handed out so that entries are published in their order.
+    pub sequences: super::sequence::Sequences,
     pub download_attempts: u32,
     pub retry_base_delay: Duration,
     /// `author` of our events: the editor name.
@@ -242,6 +251,7 @@ pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
         crate::events::cycle_failed(&ctx.name, &e);
         report.fatal = Some(e);
     }
+    ctx.sequences.give_back(&ctx.state, &ctx.name).await;
     crate::events::cycle_done(&report, started.elapsed(), ctx.shutdown.is_requested());
     let outcome_error = report.fatal.clone().or_else(|| {
         report.failures.first().map(|f| {
@@ -324,109 +334,63 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                 }
             }
         }
-        let mut progressed = false;
+        // Steps grouped by case, in the order plan::order gives (the case first, then its
+        // events by time): one group's steps run one after the other, groups side by side.
+        let mut groups: Vec<Vec<Step>> = Vec::new();
+        let mut group_case: Option<String> = None;
         for p in plan::order(planned) {
-            if ctx.shutdown.is_requested() {
-                tracing::info!(subscription = %ctx.name, "stop requested: the rest of the queue waits for the next start");
-                return Ok(());
-            }
-            let nid = p.notification_id.clone();
-            if failed_ids.contains(&nid) {
+            if failed_ids.contains(&p.notification_id) {
                 continue;
             }
-            let item = match &p.action {
-                Action::DeleteOnly => {
-                    match ctx.session.delete_notification(&nid).await {
-                        Ok(()) => {
-                            progressed = true;
-                            report.acknowledged += 1;
-                        }
-                        Err(e) => {
-                            let e = ItemError::hub(e, "deleting the notification");
-                            fail(report, &nid, None, &e);
-                            failed_ids.insert(nid);
-                        }
-                    }
-                    continue;
-                }
-                Action::NewCase { case_id } => WorkItem {
-                    kind: "case".into(),
-                    case_id: case_id.clone(),
-                    event_id: String::new(),
-                    round: 0,
-                    external_id: None,
-                    notification_id: Some(nid.clone()),
-                },
-                Action::Event { case_id, event_id } => WorkItem {
-                    kind: "event".into(),
-                    case_id: case_id.clone(),
-                    event_id: event_id.clone(),
-                    round: 0,
-                    external_id: None,
-                    notification_id: Some(nid.clone()),
-                },
-                Action::Invalid { .. } => WorkItem {
-                    kind: "invalid".into(),
-                    case_id: p
-                        .notification
-                        .case_id
-                        .clone()
-                        .filter(|c| !c.trim().is_empty())
-                        .unwrap_or_else(|| format!("notification-{nid}")),
-                    event_id: String::new(),
-                    round: 0,
-                    external_id: None,
-                    notification_id: Some(nid.clone()),
-                },
-            };
+            let item = work_item(&p);
             // Several notifications about one item in a batch: the first does the work.
-            let first = attempted.insert(item.key());
-            let result = match (&p.action, first) {
-                (Action::Invalid { reason }, _) => Err(ItemError::Refused(reason.clone())),
-                (_, false) => Ok(CaseOutcome::AlreadyDelivered),
-                _ => work(ctx, &item).await,
-            };
-            match result {
-                Ok(CaseOutcome::Waiting) => {
-                    report.waiting += 1;
-                    failed_ids.insert(nid.clone());
-                    let e = ItemError::Refused("an attachment is still PENDING on the hub".into());
-                    after_failure(ctx, report, &item, &e).await?;
-                }
-                Ok(outcome) => {
-                    // Acknowledge: the work is durably done (CONTRACT, rule of acknowledgement).
-                    match acknowledge(ctx, &item, &nid).await {
-                        Ok(()) => {
-                            progressed = true;
-                            report.acknowledged += 1;
-                            if outcome == CaseOutcome::Delivered {
-                                report.received += 1;
-                            }
-                        }
-                        Err(e) => {
-                            fail(report, &nid, Some(&item.case_id), &e);
-                            failed_ids.insert(nid);
-                        }
-                    }
-                }
-                Err(e) if e.is_cancelled() => {
-                    tracing::info!(subscription = %ctx.name, notification_id = %nid,
-                        "stop requested during a download: nothing published or acknowledged for it");
-                    return Ok(());
-                }
-                Err(e) => {
-                    fail(report, &nid, Some(&item.case_id), &e);
-                    failed_ids.insert(nid);
-                    if e.stops_cycle() {
-                        return Err(e.to_string());
-                    }
-                    if after_failure(ctx, report, &item, &e).await? {
-                        progressed = true;
-                    }
-                }
+            let first = item.as_ref().is_none_or(|i| attempted.insert(i.key()));
+            let case = p.notification.case_id.clone().unwrap_or_default();
+            if group_case.as_ref() != Some(&case) || groups.is_empty() {
+                groups.push(Vec::new());
+                group_case = Some(case);
+            }
+            if let Some(g) = groups.last_mut() {
+                g.push(Step { p, item, first });
             }
         }
-        if len < BATCH as usize || ctx.shutdown.is_requested() {
+        let stop = AtomicBool::new(false);
+        let parallel = if ctx.database_url.is_some() {
+            // One open transaction per delivery in the business database: one at a time.
+            1
+        } else {
+            ctx.max_parallel_cases.max(1)
+        };
+        let done: Vec<GroupDone> = stream::iter(groups)
+            .map(|g| run_group(ctx, g, &stop))
+            .buffered(parallel)
+            .collect()
+            .await;
+        let mut progressed = false;
+        let mut stopped: Option<String> = None;
+        let mut cancelled = false;
+        for g in done {
+            report.received += g.report.received;
+            report.acknowledged += g.report.acknowledged;
+            report.waiting += g.report.waiting;
+            report.parked += g.report.parked;
+            report.quarantined += g.report.quarantined;
+            report.failures.extend(g.report.failures);
+            failed_ids.extend(g.failed);
+            progressed |= g.progressed;
+            cancelled |= g.cancelled;
+            if stopped.is_none() {
+                stopped = g.stop;
+            }
+        }
+        if let Some(e) = stopped {
+            return Err(e);
+        }
+        if cancelled || ctx.shutdown.is_requested() {
+            tracing::info!(subscription = %ctx.name, "stop requested: the rest of the queue waits for the next start");
+            return Ok(());
+        }
+        if len < BATCH as usize {
             break;
         }
         // A full batch made only of items that failed or wait: the hub would return the same
@@ -479,6 +443,147 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
         }
     }
     Ok(())
+}
+
+/// One notification of a batch with the work it asks for (`None`: only delete it), and
+/// whether it is the first of the batch about that work.
+struct Step {
+    p: plan::Planned,
+    item: Option<WorkItem>,
+    first: bool,
+}
+
+/// What one group of steps (the notifications of one case) did.
+#[derive(Default)]
+struct GroupDone {
+    report: CycleReport,
+    progressed: bool,
+    /// Notification ids that failed (not tried again in this cycle).
+    failed: Vec<String>,
+    /// A failure that concerns the whole subscription: the cycle stops.
+    stop: Option<String>,
+    /// The process is stopping: the rest waits for the next start.
+    cancelled: bool,
+}
+
+fn work_item(p: &plan::Planned) -> Option<WorkItem> {
+    let nid = &p.notification_id;
+    let (kind, case_id, event_id) = match &p.action {
+        Action::DeleteOnly => return None,
+        Action::NewCase { case_id } => ("case", case_id.clone(), String::new()),
+        Action::Event { case_id, event_id } => ("event", case_id.clone(), event_id.clone()),
+        Action::Invalid { .. } => (
+            "invalid",
+            p.notification
+                .case_id
+                .clone()
+                .filter(|c| !c.trim().is_empty())
+                .unwrap_or_else(|| format!("notification-{nid}")),
+            String::new(),
+        ),
+    };
+    Some(WorkItem {
+        kind: kind.into(),
+        case_id,
+        event_id,
+        round: 0,
+        external_id: None,
+        notification_id: Some(nid.clone()),
+    })
+}
+
+/// Runs the steps of one case in order. Stops early when another group hit a failure that
+/// stops the cycle, or when the process is stopping.
+async fn run_group(ctx: &SubscriptionCtx, steps: Vec<Step>, stop: &AtomicBool) -> GroupDone {
+    let mut out = GroupDone::default();
+    for step in steps {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        if ctx.shutdown.is_requested() {
+            out.cancelled = true;
+            break;
+        }
+        run_step(ctx, step, &mut out).await;
+        if out.stop.is_some() {
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
+        if out.cancelled {
+            break;
+        }
+    }
+    out
+}
+
+/// Handles one notification: its work, then its DELETE (PROTOCOL §8.2, §8.3).
+async fn run_step(ctx: &SubscriptionCtx, step: Step, out: &mut GroupDone) {
+    let Step { p, item, first } = step;
+    let nid = p.notification_id;
+    let report = &mut out.report;
+    let Some(item) = item else {
+        match ctx.session.delete_notification(&nid).await {
+            Ok(()) => {
+                out.progressed = true;
+                report.acknowledged += 1;
+            }
+            Err(e) => {
+                let e = ItemError::hub(e, "deleting the notification");
+                fail(report, &nid, None, &e);
+                out.failed.push(nid);
+            }
+        }
+        return;
+    };
+    let result = match (&p.action, first) {
+        (Action::Invalid { reason }, _) => Err(ItemError::Refused(reason.clone())),
+        (_, false) => Ok(CaseOutcome::AlreadyDelivered),
+        _ => work(ctx, &item).await,
+    };
+    match result {
+        Ok(CaseOutcome::Waiting) => {
+            report.waiting += 1;
+            out.failed.push(nid.clone());
+            let e = ItemError::Refused("an attachment is still PENDING on the hub".into());
+            if let Err(e) = after_failure(ctx, report, &item, &e).await {
+                out.stop = Some(e);
+            }
+        }
+        Ok(outcome) => {
+            // Acknowledge: the work is durably done (CONTRACT, rule of acknowledgement).
+            match acknowledge(ctx, &item, &nid).await {
+                Ok(()) => {
+                    out.progressed = true;
+                    report.acknowledged += 1;
+                    if outcome == CaseOutcome::Delivered {
+                        report.received += 1;
+                    }
+                }
+                Err(e) => {
+                    fail(report, &nid, Some(&item.case_id), &e);
+                    out.failed.push(nid);
+                }
+            }
+        }
+        Err(e) if e.is_cancelled() => {
+            tracing::info!(subscription = %ctx.name, notification_id = %nid,
+                "stop requested during a download: nothing published or acknowledged for it");
+            out.cancelled = true;
+        }
+        Err(e) => {
+            fail(report, &nid, Some(&item.case_id), &e);
+            out.failed.push(nid);
+            if e.stops_cycle() {
+                out.stop = Some(e.to_string());
+                return;
+            }
+            match after_failure(ctx, report, &item, &e).await {
+                Ok(true) => out.progressed = true,
+                Ok(false) => {}
+                Err(e) => out.stop = Some(e),
+            }
+        }
+    }
 }
 
 /// Does the work an item asks for (without deleting its notification).
@@ -608,7 +713,7 @@ async fn delete_if_present(ctx: &SubscriptionCtx, item: &WorkItem) {
 /// deleted the entry).
 pub async fn recover_intent(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemError> {
     match row.tmp_path.as_deref().map(Path::new) {
-        Some(tmp) if tmp.exists() => publish_recorded(ctx, row, tmp).await,
+        Some(tmp) if tmp.exists() => publish_recorded(ctx, row, tmp, None, None).await,
         _ => {
             ctx.state.advance(&row.key, Stage::Published).await?;
             Ok(())
@@ -616,29 +721,27 @@ pub async fn recover_intent(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<
     }
 }
 
-/// Renames a sealed entry into new/ and records it published.
+/// Renames a sealed entry into new/ and records it published. `turn`, when given, is
+/// released as soon as the rename is done (or failed). `receipt` (from, to), when given, is
+/// recorded with the publication as the start of the receipt walk (one durable write).
 pub async fn publish_recorded(
     ctx: &SubscriptionCtx,
     row: &DeliveryRow,
     tmp: &Path,
+    turn: Option<super::sequence::Ticket<'_>>,
+    receipt: Option<(&str, &str)>,
 ) -> Result<(), ItemError> {
-    match ctx
-        .spool
-        .publish(tmp, &row.entry_name)
-        .map_err(ItemError::spool)?
-    {
+    // The rename and its fsyncs block: off the async thread, so other cases keep going.
+    let (spool, from, name) = (ctx.spool.clone(), tmp.to_path_buf(), row.entry_name.clone());
+    let published = tokio::task::spawn_blocking(move || spool.publish(&from, &name))
+        .await
+        .map_err(|e| ItemError::Internal(format!("publishing {}: {e}", row.entry_name)))?;
+    drop(turn);
+    match published.map_err(ItemError::spool)? {
         PublishOutcome::Published(path) => {
             crate::crashpoint::point("after_rename");
-            ctx.state.advance(&row.key, Stage::Published).await?;
-            ctx.progress.add_entry();
-            crate::events::published(
-                &ctx.name,
-                &row.key.case_id,
-                &row.external_id,
-                &row.key.event_id,
-                &path.display().to_string(),
-            );
-            if row.kind != "event" {
+            let entry = path.display().to_string();
+            let detail = (row.kind != "event").then(|| {
                 let files: Vec<serde_json::Value> = row
                     .files_json
                     .as_deref()
@@ -650,26 +753,47 @@ pub async fn publish_recorded(
                     .filter(|f| f["path"].is_null())
                     .map(|f| serde_json::json!({"file_name": f["file_name"], "status": f["status"], "attachment_id": f["attachment_id"]}))
                     .collect();
-                let kind = match row.kind.as_str() {
-                    "reopen" => "reopened",
-                    "redelivery" => "redelivered",
-                    _ => "received",
-                };
-                note(
-                    ctx,
-                    kind,
-                    &row.key.case_id,
-                    Some(&row.external_id),
-                    None,
-                    serde_json::json!({
-                        "entry": path.display().to_string(),
-                        "files": fetched,
-                        "round": row.key.round,
-                        "unusable": unusable,
-                    }),
-                )
-                .await;
+                serde_json::json!({
+                    "entry": entry,
+                    "files": fetched,
+                    "round": row.key.round,
+                    "unusable": unusable,
+                })
+            });
+            let kind = match row.kind.as_str() {
+                "reopen" => "reopened",
+                "redelivery" => "redelivered",
+                _ => "received",
+            };
+            let activity = detail.map(|detail| ActivityNote {
+                kind,
+                case_id: Some(&row.key.case_id),
+                external_id: Some(&row.external_id),
+                event_id: None,
+                detail,
+            });
+            let with_note = activity.is_some();
+            if let Err(e) = ctx
+                .state
+                .record_published(&row.key, receipt, activity)
+                .await
+            {
+                if !with_note {
+                    return Err(e.into());
+                }
+                // The activity record is never a reason to fail the delivery it describes.
+                tracing::warn!(subscription = %ctx.name, case_id = %row.key.case_id, error = %e,
+                    "cannot record the publication with its activity record; recording it alone");
+                ctx.state.record_published(&row.key, receipt, None).await?;
             }
+            ctx.progress.add_entry();
+            crate::events::published(
+                &ctx.name,
+                &row.key.case_id,
+                &row.external_id,
+                &row.key.event_id,
+                &entry,
+            );
             Ok(())
         }
         PublishOutcome::AlreadyExists(path) => {

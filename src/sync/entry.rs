@@ -9,6 +9,7 @@ use crate::state::{DeliveryKey, DeliveryRow, Stage};
 
 use super::cycle::{publish_recorded, ItemError, SubscriptionCtx};
 use super::download::{fetch_into, fetch_verified, DownloadError, FileRef};
+use super::sequence::Ticket;
 use crate::deliver::database::{AttachmentRecord, Begun, BusinessDb, DbTxn, DeliveryRecord};
 
 /// What to put in an entry.
@@ -27,6 +28,9 @@ pub struct EntrySource<'a> {
     /// The OSL event whose files these are (downloads use the event's endpoint), if any.
     pub event_id: Option<&'a str>,
     pub attachments: &'a [Attachment],
+    /// For a case: where its receipt walk will start (from, to), recorded with the
+    /// publication so that no separate durable write is needed before the first PATCH.
+    pub receipt_start: Option<(String, String)>,
 }
 
 /// The outcome of a publication attempt.
@@ -120,9 +124,14 @@ pub async fn publish(
         return Ok(waiting);
     }
 
-    let mut pending = ctx.spool.begin(&src.entry_name).map_err(ItemError::spool)?;
+    // Two mkdirs and their chmods: off the async thread.
+    let (spool, name) = (ctx.spool.clone(), src.entry_name.clone());
+    let mut pending = tokio::task::spawn_blocking(move || spool.begin(&name))
+        .await
+        .map_err(|e| ItemError::Internal(format!("starting entry {}: {e}", src.entry_name)))?
+        .map_err(ItemError::spool)?;
     match fill(ctx, &mut pending, &src).await {
-        Ok(manifest) => {
+        Ok((manifest, ticket)) => {
             let files_json = serde_json::to_string(&manifest.attachments).ok();
             let sequence = manifest.sequence as i64;
             let tmp = pending.seal(&manifest).await.map_err(ItemError::spool)?;
@@ -130,7 +139,13 @@ pub async fn publish(
             let row = row_for(&src, Some(tmp.display().to_string()), sequence, files_json);
             ctx.state.record_intent(&row).await?;
             crate::crashpoint::point("after_intent");
-            publish_recorded(ctx, &row, &tmp).await?;
+            // Entries appear in new/ in sequence order, even with cases worked side by side.
+            ticket.wait_turn().await;
+            let receipt = src
+                .receipt_start
+                .as_ref()
+                .map(|(f, t)| (f.as_str(), t.as_str()));
+            publish_recorded(ctx, &row, &tmp, Some(ticket), receipt).await?;
             Ok(Publication::Done)
         }
         Err(e) => {
@@ -164,11 +179,11 @@ fn row_for(
     }
 }
 
-async fn fill(
-    ctx: &SubscriptionCtx,
+async fn fill<'c>(
+    ctx: &'c SubscriptionCtx,
     pending: &mut PendingEntry,
     src: &EntrySource<'_>,
-) -> Result<Manifest, ItemError> {
+) -> Result<(Manifest, Ticket<'c>), ItemError> {
     pending
         .write_small("case.json", src.case_raw)
         .await
@@ -219,6 +234,11 @@ async fn fill(
                 expected_size: size,
                 rel_path: &rel,
             };
+            let _permit = ctx
+                .downloads
+                .acquire()
+                .await
+                .map_err(|_| ItemError::Internal("the download limiter is closed".into()))?;
             let w = fetch_verified(
                 &ctx.session,
                 pending_ref,
@@ -240,8 +260,10 @@ async fn fill(
             ma.size = w.size;
         }
     }
-    let sequence = ctx.state.next_sequence(&ctx.name).await?;
-    Ok(Manifest {
+    // Taken once every file is verified, so that what holds the turn is only local work.
+    let ticket = ctx.sequences.take(&ctx.state, &ctx.name).await?;
+    let sequence = ticket.number();
+    let manifest = Manifest {
         subscription: ctx.name.clone(),
         process_code: src.process_code.clone(),
         case_id: src.key.case_id.clone(),
@@ -251,7 +273,8 @@ async fn fill(
         received_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         sequence: sequence.max(0) as u64,
         attachments: listed,
-    })
+    };
+    Ok((manifest, ticket))
 }
 
 /// One delivery as one transaction in the business database (CONTRACT, "Database layout"):

@@ -86,6 +86,7 @@ pub async fn deliver_event(
                     event_raw: Some(&ev_raw),
                     event_id: Some(event_id),
                     attachments: &ev.attachments,
+                    receipt_start: None,
                 };
                 match entry::publish(ctx, src).await? {
                     Publication::Done => outcome = CaseOutcome::Delivered,

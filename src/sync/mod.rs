@@ -6,7 +6,9 @@
 //! - [`case`]: a télédossier in its round (0, then one per reopening), with its receipt.
 //! - [`event`]: an OSL event (message, status change, deposit), acknowledged RECEIVED.
 //! - [`park`]: items that keep failing: parked, then quarantined.
-//! - [`cycle`]: the batch loop, recovery of interrupted publications, the per-cycle report.
+//! - [`cycle`]: the batch loop (the cases of a batch side by side, each case's notifications
+//!   in order), recovery of interrupted publications, the per-cycle report.
+//! - [`sequence`]: spool sequence numbers, reserved in blocks, published in their order.
 
 pub mod case;
 pub mod cycle;
@@ -16,5 +18,6 @@ pub mod event;
 pub mod park;
 pub mod plan;
 pub mod redeliver;
+pub mod sequence;
 
 pub use cycle::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};

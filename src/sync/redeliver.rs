@@ -40,6 +40,7 @@ pub async fn redeliver(ctx: &SubscriptionCtx, case_id: &str) -> Result<String, I
         event_raw: None,
         event_id: None,
         attachments: &case.attachments,
+        receipt_start: None,
     };
     match entry::publish(ctx, src).await? {
         Publication::Done => {
