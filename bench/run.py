@@ -74,6 +74,57 @@ def ceiling(work, api, token_url):
     return n, t
 
 
+def spool_floor(work, cases, files, size, threads=16):
+    """The spool's own filesystem work for the same cases, without network, hashing or state
+    database: per case two mkdirs, case.json, the files, manifest.json and SHA256SUMS each
+    written and fsynced, three directory fsyncs, the rename into new/ and two more directory
+    fsyncs — what `hubee-sync` must do at the least to publish durably (16 cases at a time)."""
+    import concurrent.futures
+    root = os.path.join(work, "floor")
+    for d in ("tmp", "new"):
+        os.makedirs(os.path.join(root, d))
+    tmp, new = os.path.join(root, "tmp"), os.path.join(root, "new")
+    payload = os.urandom(size)
+    small = b"x" * 1200
+
+    def fsync_path(path):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def put(path, data):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def one(i):
+        entry = os.path.join(tmp, f"case-{i}")
+        os.mkdir(entry)
+        os.mkdir(os.path.join(entry, "attachments"))
+        put(os.path.join(entry, "case.json"), small)
+        for f in range(files):
+            put(os.path.join(entry, "attachments", f"file-{f}.pdf"), payload)
+        put(os.path.join(entry, "manifest.json"), small)
+        put(os.path.join(entry, "SHA256SUMS"), small[:300])
+        for d in (os.path.join(entry, "attachments"), entry, tmp):
+            fsync_path(d)
+        os.rename(entry, os.path.join(new, f"case-{i}"))
+        fsync_path(new)
+        fsync_path(tmp)
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+        list(pool.map(one, range(cases)))
+    t = time.monotonic() - t0
+    shutil.rmtree(root, ignore_errors=True)
+    return t
+
+
 def write_config(work, api, token_url, subs, schedule="every 5m"):
     with open(os.path.join(work, "secret"), "w") as f:
         f.write("bench-secret\n")
@@ -118,6 +169,7 @@ def scenario(label, cases, files, size):
         hub_cpu0 = proc_cpu_s(hub.pid)
         t, kib, cpu = timed_once(work, cfg, label[1])
         hub_cpu = proc_cpu_s(hub.pid) - hub_cpu0
+        floor = spool_floor(work, cases, files, size) if cases >= 100 else None
         entries = len(os.listdir(os.path.join(work, "spool/bench/new")))
         assert entries == cases, f"{entries} entries for {cases} cases"
         state = hub_state(api)
@@ -125,7 +177,8 @@ def scenario(label, cases, files, size):
         stop(hub)
         mb = n / 1e6
         return dict(label=label, bytes=n, ceiling_s=t_ceiling, ceiling_mbs=mb / t_ceiling, s=t, mbs=mb / t,
-                    ratio_throughput=(mb / t) / (mb / t_ceiling), ratio_time=t / t_ceiling, rss_kib=kib, cpu_s=cpu, hub_cpu_s=hub_cpu)
+                    ratio_throughput=(mb / t) / (mb / t_ceiling), ratio_time=t / t_ceiling, rss_kib=kib, cpu_s=cpu, hub_cpu_s=hub_cpu,
+                    spool_floor_s=floor)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -186,11 +239,13 @@ def main():
     e = editor_scale(100 if QUICK else 500) if "e" in ONLY else None
     print(json.dumps(e), flush=True)
     print()
-    print("| scenario | bytes | ceiling s (MB/s) | hubee-sync s (MB/s) | throughput / ceiling | time / ceiling | peak RSS |")
-    print("|---|---|---|---|---|---|---|")
+    print("| scenario | bytes | ceiling s (MB/s) | hubee-sync s (MB/s) | throughput / ceiling | time / ceiling | peak RSS | CPU s (fake hub) | spool floor s |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        floor = f"{r['spool_floor_s']:.2f}" if r.get("spool_floor_s") else "-"
         print(f"| {r['label']} | {r['bytes']:,} | {r['ceiling_s']:.2f} ({r['ceiling_mbs']:.0f}) | {r['s']:.2f} ({r['mbs']:.0f}) "
-              f"| {r['ratio_throughput']:.2f} | {r['ratio_time']:.2f} | {r['rss_kib'] / 1024:.1f} MiB |")
+              f"| {r['ratio_throughput']:.2f} | {r['ratio_time']:.2f} | {r['rss_kib'] / 1024:.1f} MiB "
+              f"| {r['cpu_s']:.2f} ({r['hub_cpu_s']:.2f}) | {floor} |")
     if e is None:
         return
     print()

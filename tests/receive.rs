@@ -330,3 +330,76 @@ async fn shuffled_batches_still_deliver_every_case_once() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(w.entries("new").len(), 30);
 }
+
+/// Cases whose GET /cases/{id} was answered before the first notification was deleted.
+fn cases_started_before_first_delete(w: &World) -> usize {
+    let mut started = std::collections::HashSet::new();
+    for r in w.hub.requests() {
+        match r.route {
+            Some(Route::DeleteNotification) => break,
+            Some(Route::GetCase) => {
+                started.insert(r.path.clone());
+            }
+            _ => {}
+        }
+    }
+    started.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cases_of_a_batch_are_worked_side_by_side_and_published_in_sequence_order() {
+    let w = World::new().await;
+    for n in 0..12 {
+        w.add_case(n, 2, 256 * 1024);
+    }
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert!(
+        cases_started_before_first_delete(&w) > 1,
+        "several cases were under way before the first was acknowledged"
+    );
+    // Entries appear in new/ in sequence order: one renamed strictly later (its ctime, set
+    // by the rename) never holds a smaller sequence number.
+    let mut renamed: Vec<(std::time::SystemTime, u64)> = w
+        .entries("new")
+        .iter()
+        .map(|e| {
+            let dir = w.spool().join("new").join(e);
+            let ctime = {
+                use std::os::unix::fs::MetadataExt;
+                let m = std::fs::metadata(&dir).unwrap();
+                std::time::UNIX_EPOCH
+                    + std::time::Duration::new(m.ctime() as u64, m.ctime_nsec() as u32)
+            };
+            let m = common::read_manifest(&dir).unwrap();
+            (ctime, m["sequence"].as_u64().unwrap())
+        })
+        .collect();
+    assert_eq!(renamed.len(), 12);
+    renamed.sort();
+    for pair in renamed.windows(2) {
+        if pair[0].0 < pair[1].0 {
+            assert!(pair[0].1 < pair[1].1, "published out of order: {renamed:?}");
+        }
+    }
+    let mut seqs: Vec<u64> = renamed.iter().map(|r| r.1).collect();
+    seqs.sort();
+    assert_eq!(seqs, (1..=12).collect::<Vec<u64>>(), "dense, one per entry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_parallel_cases_one_works_one_case_at_a_time() {
+    let w = World::new().await;
+    w.write_config("max_parallel_cases = 1");
+    for n in 0..6 {
+        w.add_case(n, 1, 1024);
+    }
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(w.entries("new").len(), 6);
+    assert_eq!(
+        cases_started_before_first_delete(&w),
+        1,
+        "the first case was acknowledged before the next was fetched"
+    );
+}

@@ -21,7 +21,7 @@ pub(crate) mod defaults {
     pub const TIMEOUT: &str = "60s";
     pub const MAX_PARALLEL_DOWNLOADS: i64 = 4;
     pub const MAX_PARALLEL_SUBSCRIPTIONS: i64 = 4;
-    pub const MAX_PARALLEL_CASES: i64 = 8;
+    pub const MAX_PARALLEL_CASES: i64 = 16;
     pub const RETRY_ATTEMPTS: i64 = 5;
     pub const RETRY_BASE_DELAY: &str = "500ms";
     pub const RETRY_MAX_DELAY: &str = "60s";

@@ -145,7 +145,7 @@ pub(crate) const HUB_KEYS: &[KeySpec] = &[
     key("timeout", DURATION, r#""60s""#),
     key("max_parallel_downloads", "a whole number", "4"),
     key("max_parallel_subscriptions", "a whole number", "4"),
-    key("max_parallel_cases", "a whole number", "8"),
+    key("max_parallel_cases", "a whole number", "16"),
     key("retry_attempts", "a whole number", "5"),
     key("retry_base_delay", DURATION, r#""500ms""#),
     key("retry_max_delay", DURATION, r#""60s""#),

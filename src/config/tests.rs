@@ -162,7 +162,7 @@ fn a_valid_config_gives_strong_settings_with_defaults() {
     assert_eq!(s.hub.timeout, Duration::from_secs(60));
     assert_eq!(s.hub.max_parallel_downloads, 4);
     assert_eq!(s.hub.max_parallel_subscriptions, 4);
-    assert_eq!(s.hub.max_parallel_cases, 8);
+    assert_eq!(s.hub.max_parallel_cases, 16);
     assert_eq!(s.hub.retry_attempts, 5);
     assert_eq!(s.hub.retry_base_delay, Duration::from_millis(500));
     assert_eq!(s.hub.retry_max_delay, Duration::from_secs(60));

@@ -257,18 +257,17 @@ impl HubSession {
     }
 
     /// A new token after `refused` was refused (401). Calls in flight at the same time all
-    /// see their 401: the first renews, the others take the token it obtained.
-    async fn renew_token(&self, refused: &str) -> Result<String, HubError> {
+    /// see their 401: the first renews, the others take the token it obtained. `true` when
+    /// this call asked the hub for it.
+    async fn renew_token(&self, refused: &str) -> Result<bool, HubError> {
         let mut guard = self.token.lock().await;
         if let Some(t) = guard.as_ref() {
             if t.value != refused && Instant::now() < t.renew_at {
-                return Ok(t.value.clone());
+                return Ok(false);
             }
         }
-        let t = self.fetch_token().await?;
-        let value = t.value.clone();
-        *guard = Some(t);
-        Ok(value)
+        *guard = Some(self.fetch_token().await?);
+        Ok(true)
     }
 
     /// Forgets the cached token (used by tests and after a refused one).
@@ -415,7 +414,10 @@ impl HubSession {
         };
         let url = self.url(path);
         let policy = self.client.cfg.retry;
-        let mut renewed = false;
+        // On a 401 the call is replayed with a renewed token (PROTOCOL §9), the one another
+        // call may have just obtained (calls in flight all see their 401 together): at most
+        // two renewals of its own and four replays, then the refusal is the answer.
+        let (mut replays, mut renewals) = (0u8, 0u8);
         let mut retry = 0u32;
         loop {
             let token = self.token(false).await?;
@@ -434,11 +436,13 @@ impl HubSession {
                         Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
                         Err(_) => ErrorBody::default(),
                     };
-                    if status == StatusCode::UNAUTHORIZED && !renewed {
-                        // PROTOCOL §9: on any 401 (above all 900901) renew once and replay.
-                        renewed = true;
-                        tracing::debug!(client_id = %self.client_id, %op, "token refused, renewing it once");
-                        self.renew_token(&token).await?;
+                    if status == StatusCode::UNAUTHORIZED && replays < 4 && renewals < 2 {
+                        // PROTOCOL §9: on any 401 (above all 900901) renew and replay.
+                        replays += 1;
+                        tracing::debug!(client_id = %self.client_id, %op, "token refused, renewing it");
+                        if self.renew_token(&token).await? {
+                            renewals += 1;
+                        }
                         continue;
                     }
                     let err = HubError::Status {

@@ -361,11 +361,31 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
         } else {
             ctx.max_parallel_cases.max(1)
         };
-        let done: Vec<GroupDone> = stream::iter(groups)
-            .map(|g| run_group(ctx, g, &stop))
+        let mut done: Vec<GroupDone> = stream::iter(groups)
+            .map(|g| run_group(ctx, g, &stop, parallel > 1))
             .buffered(parallel)
             .collect()
             .await;
+        // A local failure (full disk, state database) met while cases ran side by side may
+        // be the doing of the others (a big file filling the disk): what is left of the batch
+        // is then worked one case at a time, in order, as a batch is without concurrency, so
+        // that a case that fits is never held back by one that does not.
+        // (Not after a failure of the hub's, such as refused credentials: that stops the cycle.)
+        if done.iter().any(|g| !g.rest.is_empty())
+            && done.iter().all(|g| g.stop.is_none())
+            && !ctx.shutdown.is_requested()
+        {
+            let alone = AtomicBool::new(false);
+            let mut again = Vec::new();
+            for g in done.iter_mut() {
+                let rest = std::mem::take(&mut g.rest);
+                if rest.is_empty() || alone.load(Ordering::Relaxed) {
+                    continue;
+                }
+                again.push(run_group(ctx, rest, &alone, false).await);
+            }
+            done.extend(again);
+        }
         let mut progressed = false;
         let mut stopped: Option<String> = None;
         let mut cancelled = false;
@@ -464,6 +484,9 @@ struct GroupDone {
     stop: Option<String>,
     /// The process is stopping: the rest waits for the next start.
     cancelled: bool,
+    /// Steps left undone because a local failure stopped the side-by-side pass (the step
+    /// that failed first), to be worked again one case at a time.
+    rest: Vec<Step>,
 }
 
 fn work_item(p: &plan::Planned) -> Option<WorkItem> {
@@ -493,18 +516,34 @@ fn work_item(p: &plan::Planned) -> Option<WorkItem> {
 }
 
 /// Runs the steps of one case in order. Stops early when another group hit a failure that
-/// stops the cycle, or when the process is stopping.
-async fn run_group(ctx: &SubscriptionCtx, steps: Vec<Step>, stop: &AtomicBool) -> GroupDone {
+/// stops the cycle, or when the process is stopping. `side_by_side`: other groups run at the
+/// same time, so a local failure hands the undone steps back (`rest`) instead of failing.
+async fn run_group(
+    ctx: &SubscriptionCtx,
+    steps: Vec<Step>,
+    stop: &AtomicBool,
+    side_by_side: bool,
+) -> GroupDone {
     let mut out = GroupDone::default();
-    for step in steps {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
+    let mut steps = steps.into_iter();
+    while let Some(step) = steps.next() {
         if ctx.shutdown.is_requested() {
             out.cancelled = true;
             break;
         }
-        run_step(ctx, step, &mut out).await;
+        if stop.load(Ordering::Relaxed) {
+            if side_by_side {
+                out.rest.push(step);
+                out.rest.extend(steps);
+            }
+            break;
+        }
+        if let Some(step) = run_step(ctx, step, &mut out, side_by_side).await {
+            out.rest.push(step);
+            out.rest.extend(steps);
+            stop.store(true, Ordering::Relaxed);
+            break;
+        }
         if out.stop.is_some() {
             stop.store(true, Ordering::Relaxed);
             break;
@@ -516,10 +555,17 @@ async fn run_group(ctx: &SubscriptionCtx, steps: Vec<Step>, stop: &AtomicBool) -
     out
 }
 
-/// Handles one notification: its work, then its DELETE (PROTOCOL §8.2, §8.3).
-async fn run_step(ctx: &SubscriptionCtx, step: Step, out: &mut GroupDone) {
+/// Handles one notification: its work, then its DELETE (PROTOCOL §8.2, §8.3). With
+/// `hand_back`, a local failure that stops the cycle is not recorded: the step is handed
+/// back to be worked again alone.
+async fn run_step(
+    ctx: &SubscriptionCtx,
+    step: Step,
+    out: &mut GroupDone,
+    hand_back: bool,
+) -> Option<Step> {
     let Step { p, item, first } = step;
-    let nid = p.notification_id;
+    let nid = p.notification_id.clone();
     let report = &mut out.report;
     let Some(item) = item else {
         match ctx.session.delete_notification(&nid).await {
@@ -533,7 +579,7 @@ async fn run_step(ctx: &SubscriptionCtx, step: Step, out: &mut GroupDone) {
                 out.failed.push(nid);
             }
         }
-        return;
+        return None;
     };
     let result = match (&p.action, first) {
         (Action::Invalid { reason }, _) => Err(ItemError::Refused(reason.clone())),
@@ -570,12 +616,21 @@ async fn run_step(ctx: &SubscriptionCtx, step: Step, out: &mut GroupDone) {
                 "stop requested during a download: nothing published or acknowledged for it");
             out.cancelled = true;
         }
+        Err(e) if hand_back && e.stops_cycle() && !matches!(e, ItemError::Hub { .. }) => {
+            tracing::debug!(subscription = %ctx.name, notification_id = %nid, error = %e,
+                "local failure while cases ran side by side; tried again alone");
+            return Some(Step {
+                p,
+                item: Some(item),
+                first,
+            });
+        }
         Err(e) => {
             fail(report, &nid, Some(&item.case_id), &e);
             out.failed.push(nid);
             if e.stops_cycle() {
                 out.stop = Some(e.to_string());
-                return;
+                return None;
             }
             match after_failure(ctx, report, &item, &e).await {
                 Ok(true) => out.progressed = true,
@@ -584,6 +639,7 @@ async fn run_step(ctx: &SubscriptionCtx, step: Step, out: &mut GroupDone) {
             }
         }
     }
+    None
 }
 
 /// Does the work an item asks for (without deleting its notification).

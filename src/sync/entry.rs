@@ -184,16 +184,6 @@ async fn fill<'c>(
     pending: &mut PendingEntry,
     src: &EntrySource<'_>,
 ) -> Result<(Manifest, Ticket<'c>), ItemError> {
-    pending
-        .write_small("case.json", src.case_raw)
-        .await
-        .map_err(ItemError::spool)?;
-    if let Some(ev) = src.event_raw {
-        pending
-            .write_small("event.json", ev)
-            .await
-            .map_err(ItemError::spool)?;
-    }
     // Paths are allocated up front (names must be unique), downloads then run in parallel.
     let mut jobs = Vec::new();
     let mut listed = Vec::new();
@@ -225,7 +215,21 @@ async fn fill<'c>(
     let pending_ref: &PendingEntry = pending;
     let event_id = src.event_id;
     let case_id = src.key.case_id.as_str();
-    let results: Vec<(usize, WrittenFile)> = stream::iter(jobs)
+    // case.json (and event.json) are written while the files download.
+    let small = async {
+        pending_ref
+            .write_small("case.json", src.case_raw)
+            .await
+            .map_err(ItemError::spool)?;
+        if let Some(ev) = src.event_raw {
+            pending_ref
+                .write_small("event.json", ev)
+                .await
+                .map_err(ItemError::spool)?;
+        }
+        Ok::<_, ItemError>(())
+    };
+    let downloads = stream::iter(jobs)
         .map(|(idx, rel, aid, size)| async move {
             let f = FileRef {
                 case_id,
@@ -252,8 +256,8 @@ async fn fill<'c>(
             Ok::<_, ItemError>((idx, w))
         })
         .buffer_unordered(ctx.max_parallel_downloads.max(1))
-        .try_collect()
-        .await?;
+        .try_collect::<Vec<(usize, WrittenFile)>>();
+    let ((), results) = tokio::try_join!(small, downloads)?;
     for (idx, w) in results {
         if let Some(ma) = listed.get_mut(idx) {
             ma.sha256 = Some(w.sha256_hex());
