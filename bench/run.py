@@ -9,9 +9,17 @@ For each scenario it starts `fake-hubee` (release) serving generated content, me
     same disk and through `openssl dgst -sha256`, then `sync FILE`;
   * `hubee-sync once` delivering the same cases end to end (download, hash, fsync, publish,
     receipt, DELETE): wall time, MB/s, ratio to the ceiling, peak RSS (GNU time);
+and, for the scenarios of 100 cases or more, the spool floor: the same directories and files
+written, fsynced and renamed by a few lines of Python, 16 cases at a time, without network,
+hashing or state database (what the spool layout costs on this disk by itself);
 then the editor scale: 500 subscriptions with empty queues in one `once` (wall, CPU,
 requests), and `hubee-sync run` idle between cycles for a minute (CPU %, RSS).
 Prints a Markdown table for BENCHMARKS.md.
+
+    --quick        smaller scenarios
+    --only=abce    some scenarios only (e = editor scale and idle)
+    --no-build     use the release binaries as they are
+    --perf         run hubee-sync under `perf record -g` (/var/tmp/hubee-bench-X.perf)
 """
 import json, os, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 

@@ -188,8 +188,7 @@ async fn deliver_round(
         event_id: String::new(),
         round,
     };
-    // `latest` is the row of its own round; a later round has no row yet.
-    let mut row = latest.filter(|l| l.key.round == round);
+    let mut row = ctx.state.delivery(&key).await?;
     let mut outcome = CaseOutcome::AlreadyDelivered;
     if row.as_ref().is_none_or(|r| r.stage < Stage::Published) {
         match &row {
@@ -210,7 +209,10 @@ async fn deliver_round(
                     event_raw: None,
                     event_id: None,
                     attachments: &case.attachments,
-                    receipt_start: receipt_start(ctx, &case, round),
+                    // Only from the case the receipt will use (not a stale one).
+                    receipt_start: for_receipt
+                        .as_ref()
+                        .and_then(|c| receipt_start(ctx, c, round)),
                 };
                 match entry::publish(ctx, src).await? {
                     Publication::Done => outcome = CaseOutcome::Delivered,
@@ -234,8 +236,10 @@ fn receipt_start(ctx: &SubscriptionCtx, case: &Case, round: i64) -> Option<(Stri
         return None;
     }
     let current: CaseStatus = case.status.as_deref()?.parse().ok()?;
-    match receipt_plan(current, ctx.receipt_status) {
-        ReceiptPlan::LeaveAsIs => None,
+    let target = ctx.receipt_status;
+    let reopened_at_target = round > 0 && current == target;
+    match receipt_plan(current, target) {
+        ReceiptPlan::LeaveAsIs if !reopened_at_target => None,
         _ => Some((
             current.as_str().to_string(),
             ctx.receipt_status.as_str().to_string(),
