@@ -118,6 +118,26 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (subscription, folder, reply_sha256)
     );
     CREATE INDEX IF NOT EXISTS outbox_reply_stage ON outbox_reply (subscription, stage)",
+    // 6: several nodes on one PostgreSQL (src/state/lease.rs, src/cluster): the live nodes,
+    // and which node holds which subscription until when. Times are the database server's
+    // clock in ms, never a node's. `epoch` grows at each takeover: the fencing token.
+    "CREATE TABLE IF NOT EXISTS hubee_sync_node (
+        node TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL,
+        lease_ttl_ms BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS hubee_sync_lease (
+        subscription TEXT PRIMARY KEY,
+        holder TEXT,
+        holder_instance TEXT,
+        epoch BIGINT NOT NULL,
+        acquired_at BIGINT,
+        renewed_at BIGINT,
+        expires_at BIGINT NOT NULL
+    )",
 ];
 
 /// The newest schema this binary knows.
