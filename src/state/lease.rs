@@ -158,6 +158,20 @@ impl StateDb {
         ttl_ms: i64,
     ) -> Result<Option<i64>, StateError> {
         let now = self.now_sql();
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.q("taking a subscription's lease"))?;
+        if self.is_postgres() {
+            // The row may be locked by the previous holder's last transaction: if that
+            // process is paused, the server ends its transaction within a second (see
+            // `StateDb::open`); meanwhile do not block the renewals of this node's leases.
+            sqlx::query("SET LOCAL lock_timeout = '300ms'")
+                .execute(&mut *tx)
+                .await
+                .map_err(self.q("taking a subscription's lease"))?;
+        }
         let row = sqlx::query(&format!(
             "INSERT INTO hubee_sync_lease (subscription, holder, holder_instance, epoch, acquired_at, renewed_at, expires_at)
              VALUES ($1, $2, $3, 1, {now}, {now}, {now} + $4)
@@ -171,12 +185,24 @@ impl StateDb {
         .bind(node)
         .bind(instance)
         .bind(ttl_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(self.q("taking a subscription's lease"))?;
-        row.map(|r| r.try_get::<i64, _>(0))
+        .fetch_optional(&mut *tx)
+        .await;
+        let row = match row {
+            Ok(r) => r,
+            // 55P03 lock_not_available: still locked; tried again at the next round.
+            Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("55P03") => {
+                return Ok(None)
+            }
+            Err(e) => return Err(self.q("taking a subscription's lease")(e)),
+        };
+        let epoch = row
+            .map(|r| r.try_get::<i64, _>(0))
             .transpose()
-            .map_err(self.q("taking a subscription's lease"))
+            .map_err(self.q("taking a subscription's lease"))?;
+        tx.commit()
+            .await
+            .map_err(self.q("taking a subscription's lease"))?;
+        Ok(epoch)
     }
 
     /// Renews every lease this instance holds; returns (subscription, epoch) of those

@@ -226,6 +226,9 @@ pub struct Parked {
     pub failure: Failure,
 }
 
+/// See `StateDb::open`: PostgreSQL ends a transaction left idle this long.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "SET idle_in_transaction_session_timeout = '1s'";
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -285,6 +288,13 @@ impl StateDb {
                         conn.execute("PRAGMA synchronous=FULL").await?;
                         conn.execute("PRAGMA busy_timeout=10000").await?;
                         conn.execute("PRAGMA foreign_keys=ON").await?;
+                    } else {
+                        // Our transactions are a few statements sent back to back. One left
+                        // open by a paused process (SIGSTOP, a frozen VM) would keep its row
+                        // locks — among them its lease's, blocking the takeover by another
+                        // node — for as long as the pause: the server ends it instead, and
+                        // its writes are rolled back (several nodes, issue 11).
+                        conn.execute(IDLE_IN_TRANSACTION_TIMEOUT).await?;
                     }
                     Ok(())
                 })

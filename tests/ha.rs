@@ -1,0 +1,447 @@
+//! Several `hubee-sync run` nodes on one real PostgreSQL state database, sharing the spools
+//! (one directory here, as on NFS or a cluster filesystem), against the fake hub (issue 11).
+//!
+//! - three nodes, hundreds of cases over twelve subscriptions; one node SIGKILLed, then
+//!   another, mid-run: every case delivered exactly once, one receipt event each, no
+//!   notification left; the time each orphaned subscription waited is measured and printed;
+//! - a node paused (SIGSTOP) past its lease, then resumed (SIGCONT): it changes nothing on
+//!   the hub once it resumes (the hub's request log, by the node's applicationName header).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::daemon::{dir_entries, Daemon};
+use common::{check_new, write_mode, PgDb, SECRET};
+use fake_hubee::{AttachmentSpec, CaseSpec, Content, FakeHub, Fault, Route};
+
+/// Short leases keep the tests short (the configuration's lower bound is 2 s).
+const LEASE_TTL: &str = "3s";
+const TTL: Duration = Duration::from_secs(3);
+
+struct Cluster {
+    hub: FakeHub,
+    dir: tempfile::TempDir,
+    pg: PgDb,
+    subs: Vec<String>,
+    /// case id → subscription index.
+    cases: BTreeMap<String, usize>,
+}
+
+impl Cluster {
+    async fn new(n_subs: usize) -> Cluster {
+        let hub = FakeHub::start().await;
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_mode(&dir.path().join("secret"), &format!("{SECRET}\n"), 0o600);
+        let subs: Vec<String> = (0..n_subs).map(|i| format!("sub{i:02}")).collect();
+        for s in &subs {
+            hub.add_client(&format!("{s}-client"), SECRET, "CERTDC");
+        }
+        Cluster {
+            hub,
+            dir,
+            pg: PgDb::create().await,
+            subs,
+            cases: BTreeMap::new(),
+        }
+    }
+
+    fn spool(&self, sub: usize) -> PathBuf {
+        self.dir.path().join("spool").join(&self.subs[sub])
+    }
+
+    /// One node's config: same state database and spools, its own name and
+    /// applicationName (so that the hub's request log says which node sent what).
+    fn config(&self, node: &str) -> PathBuf {
+        let d = self.dir.path().display();
+        let mut toml = format!(
+            r#"[hub]
+api_url = "{api}"
+token_url = "{token}"
+editor_name = "Commune de Saint-Étienne"
+application_name = "hubee-sync-{node}"
+retry_attempts = 3
+retry_base_delay = "10ms"
+retry_max_delay = "100ms"
+timeout = "5s"
+max_parallel_subscriptions = 4
+
+[state]
+url = "{pg}"
+node_name = "{node}"
+lease_ttl = "{LEASE_TTL}"
+"#,
+            api = self.hub.api_url(),
+            token = self.hub.token_url(),
+            pg = self.pg.url,
+        );
+        for s in &self.subs {
+            toml.push_str(&format!(
+                "\n[[subscription]]\nname = \"{s}\"\nprocess_code = \"CERTDC\"\nclient_id = \"{s}-client\"\nclient_secret_file = \"{d}/secret\"\nschedule = \"every 1s\"\nspool = \"{d}/spool/{s}\"\n"
+            ));
+        }
+        let path = self.dir.path().join(format!("{node}.toml"));
+        write_mode(&path, &toml, 0o640);
+        path
+    }
+
+    fn start(&self, node: &str) -> Daemon {
+        let cfg = self.config(node);
+        Daemon::start(&cfg, self.dir.path().join(format!("{node}.log")), "info")
+    }
+
+    /// Adds `n` cases spread over the subscriptions (0 or 1 small file each).
+    fn add_cases(&mut self, n: usize) {
+        for _ in 0..n {
+            let k = self.cases.len();
+            let sub = k % self.subs.len();
+            let mut spec = CaseSpec::new("CERTDC");
+            spec.external_id = Some(format!("HA-{k:05}"));
+            if k % 2 == 1 {
+                spec.attachments.push(AttachmentSpec::new(
+                    &format!("piece-{k}.pdf"),
+                    "DD_Certificatdedeces",
+                    "application/pdf",
+                    Content::Generated {
+                        size: 2_000 + k as u64,
+                        seed: k as u64,
+                    },
+                ));
+            }
+            let id = self
+                .hub
+                .add_case(&format!("{}-client", self.subs[sub]), spec);
+            self.cases.insert(id, sub);
+        }
+    }
+
+    fn notifications_left(&self) -> usize {
+        self.subs
+            .iter()
+            .map(|s| self.hub.notifications(&format!("{s}-client")).len())
+            .sum()
+    }
+
+    /// subscription → holder node, from the lease table (unexpired leases only).
+    async fn holders(&self) -> BTreeMap<String, String> {
+        use sqlx::{Connection, Row};
+        let mut c = sqlx::PgConnection::connect(&self.pg.url)
+            .await
+            .expect("connect to the test database");
+        let rows = sqlx::query(
+            "SELECT subscription, holder FROM hubee_sync_lease
+             WHERE holder IS NOT NULL
+               AND expires_at > CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT)",
+        )
+        .fetch_all(&mut c)
+        .await
+        .unwrap_or_default();
+        let _ = c.close().await;
+        rows.iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .filter(|(s, _)| s.starts_with("sub"))
+            .collect()
+    }
+
+    /// Every case exactly once in its spool, one receipt event each, no notification left,
+    /// tmp/ and quarantine/ empty.
+    fn assert_exactly_once(&self) {
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for sub in 0..self.subs.len() {
+            for (name, m) in check_new(&self.spool(sub)).expect("entries verify") {
+                let case = m["case_id"].as_str().unwrap_or("").to_string();
+                assert_eq!(
+                    self.cases.get(&case),
+                    Some(&sub),
+                    "{name}: in the spool of its subscription"
+                );
+                seen.entry(case).or_default().push(name);
+            }
+            let tmp = dir_entries(&self.spool(sub).join("tmp"));
+            assert!(tmp.is_empty(), "{}: tmp/ {tmp:?}", self.subs[sub]);
+            let q = dir_entries(&self.spool(sub).join("quarantine"));
+            assert!(q.is_empty(), "{}: quarantine/ {q:?}", self.subs[sub]);
+        }
+        let missing: Vec<_> = self
+            .cases
+            .keys()
+            .filter(|c| !seen.contains_key(*c))
+            .collect();
+        assert!(missing.is_empty(), "cases lost: {missing:?}");
+        let twice: Vec<_> = seen.iter().filter(|(_, v)| v.len() != 1).collect();
+        assert!(twice.is_empty(), "cases delivered twice: {twice:?}");
+        for case in self.cases.keys() {
+            let receipts: Vec<_> = self
+                .hub
+                .events(case)
+                .into_iter()
+                .filter(|e| {
+                    e["comment"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("hubee-sync:receipt:"))
+                })
+                .collect();
+            assert_eq!(receipts.len(), 1, "case {case}: one receipt event");
+            assert_eq!(self.hub.case_status(case).as_deref(), Some("IN_PROGRESS"));
+        }
+        assert_eq!(self.notifications_left(), 0, "notifications left");
+    }
+}
+
+async fn wait_for(
+    bound: Duration,
+    what: &str,
+    logs: &[&Daemon],
+    mut cond: impl AsyncFnMut() -> bool,
+) {
+    let start = Instant::now();
+    while !cond().await {
+        if start.elapsed() > bound {
+            let all: String = logs
+                .iter()
+                .map(|d| d.log_text())
+                .collect::<Vec<_>>()
+                .join("\n-----\n");
+            let tail: String = all
+                .lines()
+                .rev()
+                .take(80)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
+            panic!("{what}: not within {bound:?}; last log lines:\n{tail}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Kills `node`, then measures for each subscription it held how long until another node
+/// holds it. Returns (subscription, wait).
+async fn kill_and_measure(c: &Cluster, victim: &mut Daemon, node: &str) -> Vec<(String, Duration)> {
+    let before = c.holders().await;
+    let orphans: BTreeSet<String> = before
+        .iter()
+        .filter(|(_, h)| h.as_str() == node)
+        .map(|(s, _)| s.clone())
+        .collect();
+    victim.signal(libc::SIGKILL);
+    let killed = Instant::now();
+    let _ = victim.child.wait();
+    let mut waited: BTreeMap<String, Duration> = BTreeMap::new();
+    while waited.len() < orphans.len() {
+        assert!(
+            killed.elapsed() < TTL * 5,
+            "orphans of {node} not taken over within {:?}: {:?}",
+            TTL * 5,
+            orphans
+                .iter()
+                .filter(|o| !waited.contains_key(*o))
+                .collect::<Vec<_>>()
+        );
+        for (s, h) in c.holders().await {
+            if orphans.contains(&s) && h != node && !waited.contains_key(&s) {
+                waited.insert(s, killed.elapsed());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    waited.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_deliver_every_case_exactly_once_through_two_kills() {
+    let mut c = Cluster::new(12).await;
+    c.add_cases(120);
+    let mut a = c.start("node-a");
+    let mut b = c.start("node-b");
+    let d = c.start("node-c");
+
+    // Each node gets a share (12 subscriptions over 3 nodes: at most 4 each).
+    let t0 = Instant::now();
+    wait_for(
+        Duration::from_secs(20),
+        "every node holds a fair share",
+        &[&a, &b, &d],
+        async || {
+            let h = c.holders().await;
+            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
+            for n in h.values() {
+                *per.entry(n.as_str()).or_default() += 1;
+            }
+            h.len() == 12 && per.len() == 3 && per.values().all(|n| *n <= 4)
+        },
+    )
+    .await;
+    println!("balanced over 3 nodes in {:?}", t0.elapsed());
+
+    // More work arrives while they run; kill one node in the middle of it.
+    c.add_cases(120);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let first = kill_and_measure(&c, &mut a, "node-a").await;
+    c.add_cases(60);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let second = kill_and_measure(&c, &mut b, "node-b").await;
+    c.add_cases(60);
+
+    wait_for(
+        Duration::from_secs(90),
+        "the last node drains every queue",
+        &[&d],
+        async || c.notifications_left() == 0,
+    )
+    .await;
+    // The last node holds everything now.
+    let h = c.holders().await;
+    assert_eq!(h.len(), 12, "{h:?}");
+    assert!(h.values().all(|n| n == "node-c"), "{h:?}");
+    // One more cycle everywhere, so that a tmp/ left by a killed node is cleaned.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    c.assert_exactly_once();
+
+    let mut all = first.clone();
+    all.extend(second.iter().cloned());
+    assert!(
+        !first.is_empty() && !second.is_empty(),
+        "each killed node held subscriptions"
+    );
+    let max = all.iter().map(|(_, w)| *w).max().unwrap_or_default();
+    for (s, w) in &first {
+        println!("after killing node-a: {s} waited {} ms", w.as_millis());
+    }
+    for (s, w) in &second {
+        println!("after killing node-b: {s} waited {} ms", w.as_millis());
+    }
+    println!(
+        "{} cases over 12 subscriptions, {} orphaned subscriptions, longest wait {} ms (lease_ttl {LEASE_TTL}), shortest {} ms",
+        c.cases.len(),
+        all.len(),
+        max.as_millis(),
+        all.iter().map(|(_, w)| *w).min().unwrap_or_default().as_millis()
+    );
+    // Taken over within lease_ttl plus one renewal round (ttl / 3), with room for a
+    // loaded machine.
+    assert!(
+        max <= TTL + TTL / 3 + Duration::from_secs(2),
+        "longest wait {max:?}"
+    );
+    let status = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(c.config("node-c"))
+        .args(["status", "--json"])
+        .output()
+        .expect("status");
+    let v: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status JSON");
+    for row in v.as_array().expect("array") {
+        assert_eq!(row["node"], "node-c", "status names the holder: {row}");
+        assert!(row["node_since"].is_string(), "and since when: {row}");
+    }
+    drop(d);
+    c.pg.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_paused_past_its_lease_changes_nothing_on_the_hub_once_resumed() {
+    let mut c = Cluster::new(2).await;
+    c.add_cases(6);
+    // The first download is slow: node-a is in the middle of it when it is paused.
+    c.hub.inject(
+        Route::GetAttachment,
+        Fault::SlowBody {
+            chunk_delay_ms: 200,
+        },
+        1,
+    );
+    let a = c.start("node-a");
+    wait_for(
+        Duration::from_secs(20),
+        "node-a is downloading",
+        &[&a],
+        async || c.hub.request_count(Route::GetAttachment) > 0,
+    )
+    .await;
+    a.signal(libc::SIGSTOP);
+    let paused = Instant::now();
+    let b = c.start("node-b");
+    wait_for(
+        Duration::from_secs(30),
+        "node-b takes over and delivers everything",
+        &[&b],
+        async || c.notifications_left() == 0,
+    )
+    .await;
+    let took = paused.elapsed();
+    assert!(
+        took > TTL - Duration::from_millis(500),
+        "node-b waited for the lease to expire: {took:?}"
+    );
+    c.assert_exactly_once();
+
+    // Resume node-a; from now on it must send nothing that changes the hub.
+    let from = c.hub.requests().len();
+    a.signal(libc::SIGCONT);
+    tokio::time::sleep(TTL * 2).await;
+    let changes: Vec<String> = c.hub.requests()[from..]
+        .iter()
+        .filter(|r| r.header("applicationName") == Some("hubee-sync-node-a"))
+        // A token request changes nothing on the hub (and needs no lease).
+        .filter(|r| r.method != "GET" && r.route != Some(Route::Token))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        changes.is_empty(),
+        "node-a changed the hub after it resumed: {changes:?}\nits log:\n{}",
+        a.log_text()
+    );
+    let log = a.log_text();
+    assert!(
+        log.contains("lost the subscription's lease")
+            || log.contains("no longer holds the lease")
+            || log.contains("not sent"),
+        "node-a says it lost its lease: {log}"
+    );
+    // And still every case exactly once, nothing left.
+    c.assert_exactly_once();
+    drop(a);
+    drop(b);
+    c.pg.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_node_on_one_sqlite_file_is_refused_with_what_to_do() {
+    let c = Cluster::new(1).await;
+    let sqlite = |node: &str| {
+        let cfg = c.config(node);
+        let text = std::fs::read_to_string(&cfg).expect("config");
+        let text = text.replace(
+            &format!("url = \"{}\"", c.pg.url),
+            &format!("url = \"sqlite://{}/state.db\"", c.dir.path().display()),
+        );
+        write_mode(&cfg, &text, 0o640);
+        cfg
+    };
+    let cfg_a = sqlite("node-a");
+    let a = Daemon::start(&cfg_a, c.dir.path().join("a.log"), "info");
+    wait_for(Duration::from_secs(20), "node-a runs", &[&a], async || {
+        a.log_text().contains("started")
+    })
+    .await;
+    let cfg_b = sqlite("node-b");
+    let out = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(&cfg_b)
+        .arg("run")
+        .output()
+        .expect("run node-b");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("already used by node \"node-a\"") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    drop(a);
+    c.pg.drop_now().await;
+}
