@@ -226,6 +226,42 @@ pub struct Parked {
     pub failure: Failure,
 }
 
+/// Where a subscription's progress is written: a transaction that checked the lease
+/// (several nodes), or a plain connection.
+pub(crate) enum Write {
+    /// A transaction (that checked the lease, under a cluster).
+    Fenced(sqlx::Transaction<'static, sqlx::Any>),
+    Plain(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl std::ops::Deref for Write {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match self {
+            Write::Fenced(tx) => tx,
+            Write::Plain(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            Write::Fenced(tx) => &mut *tx,
+            Write::Plain(c) => &mut *c,
+        }
+    }
+}
+
+impl Write {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Write::Fenced(tx) => tx.commit().await,
+            Write::Plain(_) => Ok(()),
+        }
+    }
+}
+
 /// See `StateDb::open`: PostgreSQL ends a transaction left idle this long.
 const IDLE_IN_TRANSACTION_TIMEOUT: &str = "SET idle_in_transaction_session_timeout = '1s'";
 
@@ -350,16 +386,43 @@ impl StateDb {
     /// A transaction for a subscription's progress. Under a cluster, its first statement
     /// checks (and row-locks until commit) the lease this process's current cycle holds:
     /// a takeover waits for the commit, and a write after a takeover is refused.
-    async fn begin_write(
+    /// Without a cluster: a plain connection, each statement its own transaction, as before.
+    async fn begin_write(&self, subscription: &str) -> Result<Write, StateError> {
+        self.begin_write_with(subscription, false).await
+    }
+
+    /// As [`StateDb::begin_write`], always in a transaction (several statements at once).
+    pub(crate) async fn begin_write_atomic(&self, subscription: &str) -> Result<Write, StateError> {
+        self.begin_write_with(subscription, true).await
+    }
+
+    async fn begin_write_with(
         &self,
         subscription: &str,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, StateError> {
+        atomic: bool,
+    ) -> Result<Write, StateError> {
+        let Some(cluster) = &self.cluster else {
+            if atomic {
+                return self
+                    .pool
+                    .begin()
+                    .await
+                    .map(Write::Fenced)
+                    .map_err(self.q("starting a transaction"));
+            }
+            return self
+                .pool
+                .acquire()
+                .await
+                .map(Write::Plain)
+                .map_err(self.q("reaching the state database"));
+        };
         let mut tx = self
             .pool
             .begin()
             .await
             .map_err(self.q("starting a transaction"))?;
-        if let Some(cluster) = &self.cluster {
+        {
             let lost = || StateError::LeaseLost {
                 subscription: subscription.to_string(),
                 node: cluster.node().to_string(),
@@ -381,7 +444,7 @@ impl StateDb {
                 return Err(lost());
             }
         }
-        Ok(tx)
+        Ok(Write::Fenced(tx))
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {

@@ -201,7 +201,7 @@ impl StateDb {
     /// reply put back into `outbox/new/` by a person starts again).
     pub async fn outbox_start(&self, row: &ReplyRow) -> Result<(), StateError> {
         let now = now_ms();
-        let mut tx = self.begin_write(&row.key.subscription).await?;
+        let mut tx = self.begin_write_atomic(&row.key.subscription).await?;
         sqlx::query(
             "DELETE FROM outbox_reply WHERE subscription = $1 AND folder = $2 AND reply_sha256 = $3",
         )
