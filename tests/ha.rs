@@ -28,6 +28,8 @@ struct Cluster {
     subs: Vec<String>,
     /// case id → subscription index.
     cases: BTreeMap<String, usize>,
+    /// An `[email]` section for every node's config.
+    email: Option<String>,
 }
 
 impl Cluster {
@@ -45,6 +47,7 @@ impl Cluster {
             pg: PgDb::create().await,
             subs,
             cases: BTreeMap::new(),
+            email: None,
         }
     }
 
@@ -77,6 +80,9 @@ lease_ttl = "{LEASE_TTL}"
             token = self.hub.token_url(),
             pg = self.pg.url,
         );
+        if let Some(email) = &self.email {
+            toml.push_str(email);
+        }
         for s in &self.subs {
             toml.push_str(&format!(
                 "\n[[subscription]]\nname = \"{s}\"\nprocess_code = \"CERTDC\"\nclient_id = \"{s}-client\"\nclient_secret_file = \"{d}/secret\"\nschedule = \"every 1s\"\nspool = \"{d}/spool/{s}\"\n"
@@ -443,5 +449,176 @@ async fn a_second_node_on_one_sqlite_file_is_refused_with_what_to_do() {
         "{err}"
     );
     drop(a);
+    c.pg.drop_now().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn once_on_another_node_names_the_node_that_holds_the_subscription() {
+    let mut c = Cluster::new(1).await;
+    let a = c.start("node-a");
+    wait_for(
+        Duration::from_secs(20),
+        "node-a holds sub00",
+        &[&a],
+        async || c.holders().await.get("sub00").map(String::as_str) == Some("node-a"),
+    )
+    .await;
+    c.add_cases(2);
+    let out = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(c.config("node-b"))
+        .arg("once")
+        .output()
+        .expect("once on node-b");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("held by node node-a"), "{text}");
+    // node-a's lease was left alone, and node-a delivers.
+    assert_eq!(
+        c.holders().await.get("sub00").map(String::as_str),
+        Some("node-a")
+    );
+    wait_for(
+        Duration::from_secs(20),
+        "node-a delivers",
+        &[&a],
+        async || c.notifications_left() == 0,
+    )
+    .await;
+    c.assert_exactly_once();
+    // Stopped cleanly, node-a gives its lease back at once: `once` then works.
+    a.signal(libc::SIGTERM);
+    let mut a = a;
+    let (code, _) = a.wait(Duration::from_secs(30)).await;
+    assert_eq!(code, 0);
+    assert!(c.holders().await.is_empty(), "{:?}", c.holders().await);
+    c.add_cases(1);
+    let out = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(c.config("node-b"))
+        .arg("once")
+        .output()
+        .expect("once on node-b");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    c.assert_exactly_once();
+    c.pg.drop_now().await;
+}
+
+/// scripts/smtp-sink.py (aiosmtpd) on a free port; every message kept as JSON.
+struct Sink {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Sink {
+    fn start() -> Sink {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port_file = dir.path().join("port");
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/smtp-sink.py");
+        let child = std::process::Command::new("python3")
+            .arg(&script)
+            .arg("--dir")
+            .arg(dir.path())
+            .arg("--port-file")
+            .arg(&port_file)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start python3 scripts/smtp-sink.py (aiosmtpd; scripts/test.sh installs it)");
+        let start = Instant::now();
+        loop {
+            if let Ok(p) = std::fs::read_to_string(&port_file) {
+                if let Ok(port) = p.trim().parse() {
+                    return Sink { child, port, dir };
+                }
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(15),
+                "the SMTP sink did not start (is aiosmtpd installed?)"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn texts(&self) -> Vec<String> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(self.dir.path().join("json"))
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+            .unwrap_or_default();
+        files.sort();
+        files
+            .iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .filter_map(|p| {
+                serde_json::from_slice::<serde_json::Value>(&std::fs::read(p).ok()?).ok()
+            })
+            .map(|m| m["text"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_send_each_digest_item_once() {
+    let sink = Sink::start();
+    let mut c = Cluster::new(2).await;
+    // A digest every 2 seconds, whichever node holds the mail.
+    c.email = Some(format!(
+        "\n[email]\nsmtp_url = \"smtp://127.0.0.1:{}\"\nfrom = \"hubee-sync <hubee@mairie.example>\"\nto = [\"dsi@mairie.example\"]\ndigest_schedule = \"*/2 * * * * *\"\n",
+        sink.port
+    ));
+    let a = c.start("node-a");
+    let b = c.start("node-b");
+    c.add_cases(6);
+    wait_for(
+        Duration::from_secs(30),
+        "every case delivered",
+        &[&a, &b],
+        async || c.notifications_left() == 0,
+    )
+    .await;
+    let externals: Vec<String> = (0..6).map(|k| format!("HA-{k:05}")).collect();
+    wait_for(
+        Duration::from_secs(20),
+        "every case in a digest",
+        &[&a, &b],
+        async || {
+            let texts = sink.texts();
+            externals
+                .iter()
+                .all(|e| texts.iter().any(|t| t.contains(e.as_str())))
+        },
+    )
+    .await;
+    // Two more digest times: nothing sent twice.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let texts = sink.texts();
+    for e in &externals {
+        let n = texts.iter().filter(|t| t.contains(e.as_str())).count();
+        assert_eq!(n, 1, "{e} in {n} digests:\n{}", texts.join("\n-----\n"));
+    }
+    let senders = [&a, &b]
+        .iter()
+        .filter(|d| d.log_text().contains("digest sent"))
+        .count();
+    assert_eq!(senders, 1, "one node sends the digests");
+    drop(a);
+    drop(b);
     c.pg.drop_now().await;
 }
