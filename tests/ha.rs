@@ -636,3 +636,85 @@ async fn two_nodes_send_each_digest_item_once() {
     drop(b);
     c.pg.drop_now().await;
 }
+
+/// The lease at the database level: taken only when free or expired, and a progress record
+/// by the former holder is refused by the database even while that holder's own clock
+/// still says the lease is good (the write checks holder and epoch in its transaction).
+#[tokio::test]
+async fn a_write_after_a_takeover_is_refused_by_the_database() {
+    use hubee_sync::cluster::Cluster as Leases;
+    use hubee_sync::state::{
+        DeliveryKey, DeliveryRow, Location, LockError, Stage, StateDb, StateError,
+    };
+    let pg = PgDb::create().await;
+    let db = StateDb::open(&Location::Postgres(pg.url.clone()))
+        .await
+        .expect("open");
+    let units = vec!["certdc".to_string()];
+    let one = Leases::new("n1", Duration::from_secs(30), true);
+    let two = Leases::new("n2", Duration::from_secs(30), true);
+    let (db1, db2) = (db.with_cluster(one.clone()), db.with_cluster(two.clone()));
+    one.round(&db1, &units).await.expect("n1 round");
+    two.round(&db2, &units).await.expect("n2 round");
+    assert!(one.holds("certdc") && !two.holds("certdc"), "one holder");
+    match db2.lock_subscription("certdc", "n2").await {
+        Err(LockError::Held { holder, .. }) => assert!(holder.contains("node n1"), "{holder}"),
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("two holders"),
+    }
+    let _work = db1
+        .lock_subscription("certdc", "n1")
+        .await
+        .expect("n1 works");
+    let row = DeliveryRow {
+        key: DeliveryKey {
+            subscription: "certdc".into(),
+            case_id: "case-1".into(),
+            event_id: String::new(),
+            round: 0,
+        },
+        kind: "case".into(),
+        external_id: "X-1".into(),
+        entry_name: "X-1~case-1".into(),
+        tmp_path: Some("/tmp/x".into()),
+        sequence: Some(1),
+        stage: Stage::Intent,
+        receipt_from: None,
+        receipt_to: None,
+        receipt_event_id: None,
+        notification_id: Some("n".into()),
+        files_json: None,
+    };
+    db1.record_intent(&row)
+        .await
+        .expect("n1 records while it holds the lease");
+    // The lease expires on the database clock (n1 was cut off: no renewal), n2 takes it.
+    use sqlx::Connection;
+    let mut c = sqlx::PgConnection::connect(&pg.url).await.expect("connect");
+    sqlx::query("UPDATE hubee_sync_lease SET expires_at = 0")
+        .execute(&mut c)
+        .await
+        .expect("expire");
+    two.round(&db2, &units).await.expect("n2 round");
+    assert!(two.holds("certdc"), "n2 took the expired lease");
+    assert!(one.holds("certdc"), "n1's own clock still says it holds it");
+    let e = db1
+        .advance(&row.key, Stage::Published)
+        .await
+        .expect_err("the database refuses n1's write");
+    assert!(matches!(e, StateError::LeaseLost { .. }), "{e}");
+    assert!(
+        one.permit("certdc").is_err(),
+        "and n1 is fenced off the hub from now on"
+    );
+    let stage = db
+        .delivery(&row.key)
+        .await
+        .expect("read")
+        .expect("row")
+        .stage;
+    assert_eq!(stage, Stage::Intent, "nothing written by n1");
+    let _ = c.close().await;
+    db.close().await;
+    pg.drop_now().await;
+}
