@@ -269,27 +269,37 @@ async fn kill_and_measure(c: &Cluster, victim: &mut Daemon, node: &str) -> Vec<(
 async fn three_nodes_deliver_every_case_exactly_once_through_two_kills() {
     let mut c = Cluster::new(12).await;
     c.add_cases(120);
+    let shares = async |nodes: usize| {
+        let h = c.holders().await;
+        let mut per: BTreeMap<String, usize> = BTreeMap::new();
+        for n in h.values() {
+            *per.entry(n.clone()).or_default() += 1;
+        }
+        h.len() == 12 && per.len() == nodes && per.values().all(|n| *n <= 12 / nodes)
+    };
+    // Two nodes start together and share the twelve subscriptions (6 each)…
     let mut a = c.start("node-a");
     let mut b = c.start("node-b");
-    let d = c.start("node-c");
-
-    // Each node gets a share (12 subscriptions over 3 nodes: at most 4 each).
     let t0 = Instant::now();
     wait_for(
         Duration::from_secs(20),
-        "every node holds a fair share",
-        &[&a, &b, &d],
-        async || {
-            let h = c.holders().await;
-            let mut per: BTreeMap<&str, usize> = BTreeMap::new();
-            for n in h.values() {
-                *per.entry(n.as_str()).or_default() += 1;
-            }
-            h.len() == 12 && per.len() == 3 && per.values().all(|n| *n <= 4)
-        },
+        "two nodes share",
+        &[&a, &b],
+        async || shares(2).await,
     )
     .await;
-    println!("balanced over 3 nodes in {:?}", t0.elapsed());
+    println!("balanced over 2 nodes in {:?}", t0.elapsed());
+    // …then a third joins while they work, and takes its share (4 each).
+    let d = c.start("node-c");
+    let t0 = Instant::now();
+    wait_for(
+        bound,
+        "the new node takes its share",
+        &[&a, &b, &d],
+        async || shares(3).await,
+    )
+    .await;
+    println!("a third node got its share in {:?}", t0.elapsed());
 
     // More work arrives while they run; kill one node in the middle of it.
     c.add_cases(120);
@@ -389,7 +399,7 @@ async fn a_node_paused_past_its_lease_changes_nothing_on_the_hub_once_resumed() 
     .await;
     let took = paused.elapsed();
     assert!(
-        took > ttl() - Duration::from_millis(500),
+        took > ttl() * 2 / 3 - Duration::from_millis(100),
         "node-b waited for the lease to expire: {took:?}"
     );
     c.assert_exactly_once();
