@@ -281,12 +281,10 @@ async fn three_nodes_deliver_every_case_exactly_once_through_two_kills() {
     let mut a = c.start("node-a");
     let mut b = c.start("node-b");
     let t0 = Instant::now();
-    wait_for(
-        Duration::from_secs(20),
-        "two nodes share",
-        &[&a, &b],
-        async || shares(2).await,
-    )
+    let bound = Duration::from_secs(20).max(ttl() * 2);
+    wait_for(bound, "two nodes share", &[&a, &b], async || {
+        shares(2).await
+    })
     .await;
     println!("balanced over 2 nodes in {:?}", t0.elapsed());
     // …then a third joins while they work, and takes its share (4 each).
