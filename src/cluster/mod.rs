@@ -396,17 +396,21 @@ impl Cluster {
         }
         self.note_others(&view);
         let decision = if self.balanced {
-            let live = view
+            let mut live: Vec<String> = view
                 .nodes
                 .iter()
                 .filter(|n| view.now_ms - n.heartbeat_at_ms < self.ttl_ms())
-                .count()
-                .max(1);
+                .map(|n| n.instance.clone())
+                .collect();
+            if !live.contains(&self.instance) {
+                live.push(self.instance.clone());
+            }
             plan::decide(&plan::Input {
                 me: &self.instance,
                 now_ms: view.now_ms,
                 units,
-                live_nodes: live,
+                live: &live,
+                ttl_ms: self.ttl_ms(),
                 leases: &view.leases,
                 busy: &self.busy(),
             })

@@ -17,8 +17,11 @@ pub struct Input<'a> {
     pub now_ms: i64,
     /// The units of work: the configured subscriptions (and the mail pseudo-unit).
     pub units: &'a [String],
-    /// Nodes whose heartbeat is fresh, this one included.
-    pub live_nodes: usize,
+    /// Instances of the nodes whose heartbeat is fresh, this one included.
+    pub live: &'a [String],
+    /// The lease TTL, ms: a unit expired (or given back) for longer than this is taken even
+    /// beyond the fair share, since no node below its share wanted it.
+    pub ttl_ms: i64,
     pub leases: &'a [LeaseRow],
     /// Units this node is working right now (a cycle runs): never given back.
     pub busy: &'a HashSet<String>,
@@ -73,8 +76,19 @@ pub fn decide(i: &Input<'_>) -> Decision {
         }
     }
     mine.retain(|u| i.units.iter().any(|x| x == u));
-    let share = fair_share(i.units.len(), i.live_nodes);
-    if mine.len() > share {
+    let live_nodes = i.live.len().max(1);
+    let share = fair_share(i.units.len(), live_nodes);
+    // Another live node below its share: only then is giving back useful (else the unit
+    // would wait for nobody).
+    let someone_short = i.live.iter().filter(|n| n.as_str() != i.me).any(|n| {
+        i.leases
+            .iter()
+            .filter(|l| l.holder_instance.as_deref() == Some(n.as_str()))
+            .filter(|l| l.expires_at_ms > i.now_ms)
+            .count()
+            < share
+    });
+    if mine.len() > share && someone_short {
         let mut idle: Vec<&str> = mine
             .iter()
             .copied()
@@ -93,6 +107,17 @@ pub fn decide(i: &Input<'_>) -> Decision {
         free.sort_by_key(|u| preference(i.me, u));
         d.take
             .extend(free.iter().take(share - mine.len()).map(|u| u.to_string()));
+    }
+    // Units left free for more than a TTL: no node below its share took them (their
+    // config may lack them, or they cannot take): taken here anyway, the work must go on.
+    for u in i.units {
+        let forgotten = lease_of(u).is_some_and(|l| {
+            (l.holder_instance.is_none() || l.expires_at_ms <= i.now_ms)
+                && l.expires_at_ms.saturating_add(i.ttl_ms) <= i.now_ms
+        });
+        if forgotten && !mine.contains(&u.as_str()) && !d.take.contains(u) {
+            d.take.push(u.clone());
+        }
     }
     d
 }
@@ -116,20 +141,26 @@ mod tests {
         }
     }
 
+    /// Live instances: `me`, then `others`.
     fn decide_for(
         me: &str,
         now_ms: i64,
         units: &[String],
-        live: usize,
+        others: &[&str],
         leases: &[LeaseRow],
         busy: &[&str],
     ) -> Decision {
         let busy: HashSet<String> = busy.iter().map(|s| s.to_string()).collect();
+        let live: Vec<String> = std::iter::once(me)
+            .chain(others.iter().copied())
+            .map(str::to_string)
+            .collect();
         decide(&Input {
             me,
             now_ms,
             units,
-            live_nodes: live,
+            live: &live,
+            ttl_ms: 3000,
             leases,
             busy: &busy,
         })
@@ -147,7 +178,7 @@ mod tests {
     #[test]
     fn a_lone_node_takes_everything() {
         let u = units(5);
-        let d = decide_for("a:1", 1000, &u, 1, &[], &[]);
+        let d = decide_for("a:1", 1000, &u, &[], &[], &[]);
         let mut took = d.take.clone();
         took.sort();
         assert_eq!(took, u);
@@ -162,7 +193,7 @@ mod tests {
             u[..4].iter().map(|s| lease(s, Some("a:1"), 5000)).collect();
         leases.push(lease(&u[4], None, 900));
         leases.push(lease(&u[5], None, 900));
-        let d = decide_for("b:1", 1000, &u, 2, &leases, &[]);
+        let d = decide_for("b:1", 1000, &u, &["a:1"], &leases, &[]);
         let mut took = d.take.clone();
         took.sort();
         assert_eq!(took, vec![u[4].clone(), u[5].clone()]);
@@ -173,13 +204,21 @@ mod tests {
         let u = units(6);
         let leases: Vec<LeaseRow> = u.iter().map(|s| lease(s, Some("a:1"), 5000)).collect();
         // Three live nodes: share 2; a holds 6 and works on four of them right now.
-        let d = decide_for("a:1", 1000, &u, 3, &leases, &["s00", "s01", "s02", "s03"]);
+        let others = ["b:1", "c:1"];
+        let d = decide_for(
+            "a:1",
+            1000,
+            &u,
+            &others,
+            &leases,
+            &["s00", "s01", "s02", "s03"],
+        );
         assert!(d.take.is_empty());
         let mut rel = d.release.clone();
         rel.sort();
         assert_eq!(rel, vec!["s04".to_string(), "s05".to_string()]);
         // Idle, it gives back four.
-        let d = decide_for("a:1", 1000, &u, 3, &leases, &[]);
+        let d = decide_for("a:1", 1000, &u, &others, &leases, &[]);
         assert_eq!(d.release.len(), 4);
     }
 
@@ -190,8 +229,46 @@ mod tests {
             lease("s00", Some("dead:7"), 999),
             lease("s01", Some("c:1"), 1001),
         ];
-        let d = decide_for("b:1", 1000, &u, 1, &leases, &[]);
+        let d = decide_for("b:1", 1000, &u, &["c:1"], &leases, &[]);
         assert_eq!(d.take, vec!["s00".to_string()], "{d:?}");
+    }
+
+    #[test]
+    fn an_over_share_node_keeps_what_no_node_below_its_share_would_take() {
+        let u = units(6);
+        // b and c already hold their share (2 each); a holds its 2 and 2 more.
+        let mut leases: Vec<LeaseRow> = Vec::new();
+        for (i, s) in u.iter().enumerate() {
+            let h = ["a:1", "a:1", "b:1", "b:1", "c:1", "c:1"][i];
+            leases.push(lease(s, Some(h), 5000));
+        }
+        leases[4].holder_instance = Some("a:1".into());
+        leases[5].holder_instance = Some("a:1".into());
+        // Now c holds nothing: a gives back 2.
+        let d = decide_for("a:1", 1000, &u, &["b:1", "c:1"], &leases, &[]);
+        assert_eq!(d.release.len(), 2, "{d:?}");
+        // If c is gone from the live nodes, share is 3: a keeps its 4? It is above 3, but
+        // b holds 2 < 3: a gives back 1 for b.
+        let d = decide_for("a:1", 1000, &u, &["b:1"], &leases, &[]);
+        assert_eq!(d.release.len(), 1, "{d:?}");
+        // b at its share too (3): nobody is short, a keeps everything.
+        leases[0].holder_instance = Some("b:1".into());
+        let d = decide_for("a:1", 1000, &u, &["b:1"], &leases, &[]);
+        assert!(d.release.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn a_unit_free_for_longer_than_a_ttl_is_taken_beyond_the_share() {
+        let u = units(4);
+        let leases = vec![
+            lease("s00", Some("a:1"), 9000),
+            lease("s03", Some("a:1"), 9000),
+            lease("s01", None, 500), // given back 500 ms ago: for those below their share
+            lease("s02", None, -2500), // nobody took it for 3.5 s (TTL 3 s)
+        ];
+        // a at its share (2 of 4, two live nodes) takes only the forgotten one.
+        let d = decide_for("a:1", 1000, &u, &["b:1"], &leases, &[]);
+        assert_eq!(d.take, vec!["s02".to_string()], "{d:?}");
     }
 
     #[test]
@@ -201,9 +278,9 @@ mod tests {
             lease("s00", Some("a:1"), 5000),
             lease("gone", Some("a:1"), 5000),
         ];
-        let d = decide_for("a:1", 1000, &u, 1, &leases, &[]);
+        let d = decide_for("a:1", 1000, &u, &[], &leases, &[]);
         assert_eq!(d.release, vec!["gone".to_string()]);
-        let d = decide_for("a:1", 1000, &u, 1, &leases, &["gone"]);
+        let d = decide_for("a:1", 1000, &u, &[], &leases, &["gone"]);
         assert!(d.release.is_empty(), "not while it is worked");
     }
 
@@ -217,7 +294,8 @@ mod tests {
         for round in 0..6 {
             let live = (round + 1).min(3); // nodes join one per round
             for me in &nodes[..live] {
-                let d = decide_for(me, 1000, &u, live, &leases, &[]);
+                let others: Vec<&str> = nodes[..live].iter().copied().filter(|n| n != me).collect();
+                let d = decide_for(me, 1000, &u, &others, &leases, &[]);
                 for r in &d.release {
                     if let Some(l) = leases.iter_mut().find(|l| &l.subscription == r) {
                         l.holder_instance = None;
