@@ -498,6 +498,17 @@ async fn once_on_another_node_names_the_node_that_holds_the_subscription() {
         c.holders().await.get("sub00").map(String::as_str),
         Some("node-a")
     );
+    // `status` (text) on any node says who holds what, and since when.
+    let st = std::process::Command::new(common::bin())
+        .arg("--config")
+        .arg(c.config("node-b"))
+        .arg("status")
+        .output()
+        .expect("status");
+    let text = String::from_utf8_lossy(&st.stdout);
+    println!("{text}");
+    assert!(text.contains("nœuds: node-a (pid "), "{text}");
+    assert!(text.contains("  nœud: node-a depuis 20"), "{text}");
     wait_for(
         Duration::from_secs(20),
         "node-a delivers",
