@@ -179,6 +179,103 @@ async fn reopened_case_arrives_again_as_r1_with_its_own_receipt() {
     assert_eq!(w.receipt_events(&case).len(), 2);
 }
 
+/// `hubee-sync once` killed at `point` (its `nth` passage); the exit code.
+async fn once_crashing_at(w: &World, point: &str, nth: u32) -> Option<i32> {
+    let mut cmd = std::process::Command::new(common::bin());
+    cmd.arg("--config")
+        .arg(w.config_path())
+        .arg("once")
+        .env("HUBEE_SYNC_CRASH_AT", format!("{point}:{nth}"));
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap()
+        .unwrap();
+    out.status.code()
+}
+
+/// The rounds (`manifest.round`) of the case's own entries in new/, sorted.
+fn rounds_of(w: &World, case: &str) -> Vec<u64> {
+    let mut rounds: Vec<u64> = w
+        .entries("new")
+        .iter()
+        .map(|e| manifest(w, e))
+        .filter(|m| m["case_id"] == case && m["event_id"].is_null())
+        .map(|m| m["round"].as_u64().unwrap_or(0))
+        .collect();
+    rounds.sort();
+    rounds
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn case_reopened_twice_before_a_cycle_arrives_as_r1_and_r2_each_with_its_receipt() {
+    let w = World::new().await;
+    let case = delivered_case(&w).await;
+    w.hub.osl_reopen(&case);
+    w.hub.osl_reopen(&case);
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        rounds_of(&w, &case),
+        vec![0, 1, 2],
+        "{:?}",
+        w.entries("new")
+    );
+    assert_eq!(
+        w.entries("new").len(),
+        5,
+        "round 0, two reopening events, rounds 1 and 2"
+    );
+    for e in w.entries("new") {
+        assert!(sha256sum_check(&w.spool().join("new").join(&e)), "{e}");
+    }
+    let mut markers: Vec<String> = w
+        .receipt_events(&case)
+        .iter()
+        .map(|e| e["comment"].as_str().unwrap_or("").to_string())
+        .collect();
+    markers.sort();
+    assert_eq!(
+        markers,
+        (0..3)
+            .map(|r| format!("hubee-sync:receipt:{case}:r{r}"))
+            .collect::<Vec<_>>(),
+        "one receipt per round"
+    );
+    assert_eq!(w.hub.case_status(&case).as_deref(), Some("IN_PROGRESS"));
+    assert!(w.hub.notifications(CLIENT).is_empty());
+
+    let (code, _, _) = w.run(&["once"]).await;
+    assert_eq!(code, 0);
+    assert_eq!(w.entries("new").len(), 5, "nothing twice");
+    assert_eq!(w.receipt_events(&case).len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopening_seen_again_after_a_crash_never_opens_a_second_round() {
+    // Killed at each boundary of the second reopening's round (and before its DELETE),
+    // then run again: it keeps the round it opened, and each round keeps one receipt.
+    for (point, nth) in [
+        ("after_rename", 4),
+        ("after_intent", 4),
+        ("after_event_post", 2),
+        ("before_delete", 2),
+    ] {
+        let w = World::new().await;
+        let case = delivered_case(&w).await;
+        w.hub.osl_reopen(&case);
+        w.hub.osl_reopen(&case);
+        let code = once_crashing_at(&w, point, nth).await;
+        assert_eq!(code, None, "{point}:{nth} killed the run");
+        let (code, out, err) = w.run(&["once"]).await;
+        assert_eq!(code, 0, "{point}:{nth}: {out}{err}");
+        assert_eq!(rounds_of(&w, &case), vec![0, 1, 2], "{point}:{nth}");
+        assert_eq!(w.entries("new").len(), 5, "{point}:{nth}");
+        assert_eq!(w.receipt_events(&case).len(), 3, "{point}:{nth}");
+        assert!(w.hub.notifications(CLIENT).is_empty(), "{point}:{nth}");
+        assert!(w.entries("tmp").is_empty(), "{point}:{nth}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledgement_of_our_own_event_is_only_deleted() {
     let w = World::new().await;

@@ -378,6 +378,7 @@ const CRASH_POINTS: &[&str] = &[
     "outbox_after_event_post:1",
     "outbox_after_put:1",
     "outbox_after_put:2",
+    "outbox_after_received_check:1",
     "outbox_after_status_patch:1",
     "outbox_before_sent:1",
     "outbox_after_sent:1",

@@ -56,12 +56,15 @@ fn phase_one(c: &mut Campaign) {
     }
 }
 
-/// Phase two, once phase one is acknowledged: reopenings of 6 cases, 4 messages and 4
-/// deposits, 6 new cases.
+/// Phase two, once phase one is acknowledged: reopenings of 6 cases (the first twice, before
+/// hubee-sync reads either), 4 messages and 4 deposits, 6 new cases.
 fn phase_two(c: &mut Campaign) {
     let ids: Vec<String> = c.cases.keys().cloned().collect();
-    for id in ids.iter().step_by(5) {
+    for (k, id) in ids.iter().step_by(5).enumerate() {
         c.reopen(id);
+        if k == 0 {
+            c.reopen(id);
+        }
     }
     for (k, id) in ids.iter().skip(1).step_by(4).enumerate() {
         if k % 2 == 0 {

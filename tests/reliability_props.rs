@@ -11,21 +11,31 @@
 //! - `plan::{decide, order}` never panic, keep every notification id exactly once, and put
 //!   each case's new-case notification before its events.
 //!
-//! TODO(outbox): `reply.json` parsing is being written in src/outbox/; add its properties
-//! (never panics; unknown status refused; file names never escape the reply folder) here and
-//! a fuzz target beside fuzz/fuzz_targets/wire_json.rs once it lands.
+//! - `reply.json` (the outbox): any bytes or JSON never panic `reply::parse`; it either
+//!   accepts the reply, keeping every promise of CONTRACT "Outbox" (a case named, an allowed
+//!   status, something to send, lengths, plain distinct file names that stay in the reply's
+//!   folder), or refuses it with a reason in French and English that names the file at
+//!   fault; and through the real binary, refused replies end in `failed/` with that reason
+//!   in `error.txt` and no request that changes anything reaches the hub. The same input is
+//!   the fuzz target fuzz/fuzz_targets/reply_json.rs.
 //!
 //! Deterministic by default (CI); `HUBEE_PROP_SEED=N` draws other inputs and
 //! `HUBEE_PROP_SCALE=N` tries N times as many: `HUBEE_PROP_SEED=$RANDOM HUBEE_PROP_SCALE=20
 //! cargo test --release --test reliability_props -- --nocapture`.
+
+mod common;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use hubee_sync::deliver::names::{entry_name, safe_file_name, FileNamer, MAX_NAME_BYTES};
 use hubee_sync::hubee::model::{Case, ErrorBody, Event, Notification};
+use hubee_sync::outbox::refusal::Refusal;
+use hubee_sync::outbox::reply::{self, REPLY_JSON};
+use hubee_sync::outbox::walk::REPLY_STATUSES;
 use hubee_sync::sync::plan::{decide, order, Action};
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
 use serde_json::{json, Value};
 
@@ -673,5 +683,381 @@ fn plan_never_panics_keeps_every_id_once_and_new_cases_first() {
             }
             Ok(())
         },
+    );
+}
+
+// ------------------------------------------------------------------ reply.json
+
+const REPLY_KEYS: &[&str] = &[
+    "case_id",
+    "external_id",
+    "status",
+    "message",
+    "comment",
+    "attachments",
+];
+const REPLY_ATTACHMENT_KEYS: &[&str] = &["file", "type", "mime_type"];
+
+/// Text of up to `max` characters, around the lengths `reply.json` allows.
+fn arb_long_text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        (0usize..1100).prop_map(|n| "é".repeat(n)),
+        (800usize..1100).prop_map(|n| " x".repeat(n / 2)),
+        arb_text(),
+    ]
+}
+
+fn arb_reply_value(key: &'static str) -> BoxedStrategy<Value> {
+    match key {
+        "status" => prop_oneof![
+            8 => prop::sample::select(vec![
+                "DONE", "REFUSED", "IN_PROGRESS", "ADD_AWAITING", "SI_INTG_ERROR", " DONE ",
+                "done", "HUBEE_NOTIFIED", "CLOSED", "SENT", "FINISHED", "", "  ",
+            ])
+            .prop_map(|s| json!(s)),
+            1 => arb_field(),
+        ]
+        .boxed(),
+        "message" | "comment" => prop_oneof![
+            8 => arb_long_text().prop_map(Value::String),
+            1 => arb_field(),
+        ]
+        .boxed(),
+        "attachments" => prop_oneof![
+            1 => arb_field(),
+            8 => prop::collection::vec(arb_reply_attachment(), 0..4).prop_map(Value::Array),
+        ]
+        .boxed(),
+        _ => prop_oneof![
+            8 => arb_text().prop_map(Value::String),
+            1 => arb_field(),
+        ]
+        .boxed(),
+    }
+}
+
+fn arb_reply_attachment() -> impl Strategy<Value = Value> {
+    let mime = prop_oneof![
+        3 => prop::sample::select(vec![
+            "application/pdf",
+            "application/xml",
+            "text/plain; charset=utf-8",
+            "pdf",
+            "a/b/c",
+            "/",
+            "",
+            "application/pdf\n",
+        ])
+        .prop_map(|s| json!(s)),
+        1 => arb_text().prop_map(Value::String),
+        1 => prop_oneof![Just(Value::Null), Just(json!(7)), Just(json!(["x"]))],
+    ];
+    let plain: Vec<char> = "abcXYZ019 ._-é".chars().collect();
+    let file = prop_oneof![
+        4 => prop::collection::vec(prop::sample::select(plain), 1..24)
+            .prop_map(|c| Value::String(String::from_iter(c))),
+        3 => arb_text().prop_map(Value::String),
+        1 => prop::sample::select(vec!["acte.pdf", "reply.json", "a/../b.pdf", "sous/acte.pdf"])
+            .prop_map(|s| json!(s)),
+        1 => prop_oneof![Just(Value::Null), Just(json!(7)), Just(json!({"f": 1}))],
+    ];
+    let type_ = prop_oneof![
+        3 => prop::sample::select(vec!["DD_Certificatdedeces", "ActeEtatCivil-PDF", "", " "])
+            .prop_map(|s| json!(s)),
+        1 => (90usize..110).prop_map(|n| json!("t".repeat(n))),
+        1 => prop_oneof![Just(Value::Null), Just(json!(true))],
+    ];
+    (
+        prop::option::weighted(0.97, file),
+        prop::option::weighted(0.97, type_),
+        prop::option::weighted(0.97, mime),
+        prop::option::weighted(0.02, (arb_text(), arb_json())),
+    )
+        .prop_map(|(file, type_, mime, extra)| {
+            let mut m = serde_json::Map::new();
+            for (k, v) in REPLY_ATTACHMENT_KEYS.iter().zip([file, type_, mime]) {
+                if let Some(v) = v {
+                    m.insert((*k).to_string(), v);
+                }
+            }
+            if let Some((k, v)) = extra {
+                m.insert(k, v);
+            }
+            Value::Object(m)
+        })
+}
+
+/// A reply.json: its known keys holding hostile values, sometimes an unknown key; or any
+/// JSON value; or any text (truncated JSON included).
+fn arb_reply_json() -> impl Strategy<Value = Vec<u8>> {
+    let object = (
+        prop::sample::subsequence(REPLY_KEYS.to_vec(), 2..=REPLY_KEYS.len()),
+        prop::option::weighted(0.05, (arb_text(), arb_json())),
+    )
+        .prop_flat_map(|(keys, extra)| {
+            let values: Vec<BoxedStrategy<Value>> =
+                keys.iter().map(|k| arb_reply_value(k)).collect();
+            (Just(keys), values, Just(extra))
+        })
+        .prop_map(|(keys, values, extra)| {
+            let mut m = serde_json::Map::new();
+            for (k, v) in keys.iter().zip(values) {
+                m.insert((*k).to_string(), v);
+            }
+            if let Some((k, v)) = extra {
+                m.insert(k, v);
+            }
+            serde_json::to_vec(&Value::Object(m)).unwrap_or_default()
+        });
+    prop_oneof![
+        8 => object,
+        1 => arb_json().prop_map(|v| serde_json::to_vec(&v).unwrap_or_default()),
+        1 => (arb_text(), any::<u16>()).prop_map(|(t, cut)| {
+            let full = format!("{{\"case_id\": \"c\", \"message\": {t:?}}}").into_bytes();
+            let at = usize::from(cut) % (full.len() + 1);
+            full[..at].to_vec()
+        }),
+        1 => prop::collection::vec(any::<u8>(), 0..200),
+    ]
+}
+
+/// The file a refusal is about, when it is about one.
+fn refused_file(r: &Refusal) -> Option<&str> {
+    match r {
+        Refusal::BadFileName { file, .. }
+        | Refusal::DuplicateFile { file }
+        | Refusal::MissingField { file, .. }
+        | Refusal::BadMimeType { file, .. } => Some(file),
+        _ => None,
+    }
+}
+
+/// What `parse` promises for one input; returns whether it accepted it.
+fn assert_reply_verdict(raw: &[u8]) -> Result<bool, TestCaseError> {
+    let parsed = reply::parse(raw);
+    let value: Option<Value> = serde_json::from_slice(raw).ok();
+    let unknown_key = value.as_ref().and_then(Value::as_object).is_some_and(|m| {
+        m.keys().any(|k| !REPLY_KEYS.contains(&k.as_str()))
+            || m.get("attachments")
+                .and_then(Value::as_array)
+                .is_some_and(|a| {
+                    a.iter().filter_map(Value::as_object).any(|o| {
+                        o.keys()
+                            .any(|k| !REPLY_ATTACHMENT_KEYS.contains(&k.as_str()))
+                    })
+                })
+    });
+    match parsed {
+        Err(r) => {
+            let (what_fr, what_en) = r.what();
+            let (fix_fr, fix_en) = r.fix();
+            for (name, text) in [
+                ("what_fr", &what_fr),
+                ("what_en", &what_en),
+                ("fix_fr", &fix_fr),
+                ("fix_en", &fix_en),
+            ] {
+                prop_assert!(!text.trim().is_empty(), "{r:?}: empty {name}");
+            }
+            prop_assert!(r.to_string().contains(&what_en));
+            if let Some(file) = refused_file(&r) {
+                let shown = format!("{file:?}");
+                prop_assert!(
+                    what_fr.contains(&shown) && what_en.contains(&shown),
+                    "{r:?}: the reason names the file"
+                );
+            }
+            Ok(false)
+        }
+        Ok(reply) => {
+            prop_assert!(!unknown_key, "a reply with an unknown key was accepted");
+            let named = |s: &Option<String>| s.as_deref().is_some_and(|s| !s.trim().is_empty());
+            prop_assert!(named(&reply.case_id) || named(&reply.external_id));
+            if let Some(st) = reply.status {
+                prop_assert!(REPLY_STATUSES.contains(&st), "{st:?} is not a reply status");
+            }
+            prop_assert!(
+                reply.status.is_some() || reply.message.is_some() || !reply.attachments.is_empty(),
+                "accepted with nothing to send"
+            );
+            prop_assert!(reply
+                .message
+                .as_deref()
+                .is_none_or(|m| m.chars().count() <= reply::MAX_MESSAGE_CHARS));
+            prop_assert!(reply
+                .comment
+                .as_deref()
+                .is_none_or(|m| m.chars().count() <= reply::MAX_COMMENT_CHARS));
+            let dir = std::path::Path::new("/srv/spool/outbox/new/r");
+            let mut seen = HashSet::new();
+            for a in &reply.attachments {
+                let f = a.file.as_str();
+                // One plain component: the file can only be in the reply's own folder.
+                let comps: Vec<_> = std::path::Path::new(f).components().collect();
+                prop_assert!(
+                    matches!(comps.as_slice(), [std::path::Component::Normal(c)] if *c == std::ffi::OsStr::new(f)),
+                    "{f:?} is not a plain name"
+                );
+                let joined = dir.join(f);
+                prop_assert_eq!(joined.parent(), Some(dir));
+                prop_assert!(!f.contains('/') && !f.contains('\\') && f != "." && f != "..");
+                prop_assert!(!f.chars().any(char::is_control) && f.len() <= 255);
+                prop_assert!(f != REPLY_JSON, "reply.json as one of its own files");
+                prop_assert!(seen.insert(f.to_string()), "{f:?} twice");
+                prop_assert!(!a.type_.trim().is_empty() && !a.mime_type.trim().is_empty());
+                prop_assert!(a.mime_type.split(';').next().unwrap_or("").contains('/'));
+            }
+            // The status as written: one of the five (blanks around it allowed), else refused.
+            if let Some(Value::String(st)) = value.as_ref().and_then(|v| v.get("status")) {
+                let st = st.trim();
+                if !st.is_empty() {
+                    prop_assert_eq!(reply.status.map(|s| s.as_str()), Some(st));
+                }
+            }
+            Ok(true)
+        }
+    }
+}
+
+#[test]
+fn reply_json_never_panics_and_is_accepted_whole_or_refused_with_a_clear_reason() {
+    let accepted = AtomicUsize::new(0);
+    let reasons = std::sync::Mutex::new(std::collections::BTreeMap::<String, usize>::new());
+    let tried = check("reply.json", 4000, arb_reply_json(), |raw| {
+        if assert_reply_verdict(&raw)? {
+            accepted.fetch_add(1, Ordering::Relaxed);
+        } else if let Err(r) = reply::parse(&raw) {
+            let kind = format!("{r:?}");
+            let kind = kind.split([' ', '{']).next().unwrap_or("").to_string();
+            *reasons.lock().expect("tally").entry(kind).or_default() += 1;
+        }
+        Ok(())
+    });
+    let accepted = accepted.into_inner();
+    println!(
+        "reply.json: {accepted} of {tried} accepted, the rest refused: {:?}",
+        reasons.into_inner().unwrap_or_default()
+    );
+    // The strategy must reach both sides, or the test proves little.
+    assert!(accepted > tried / 50, "only {accepted} of {tried} accepted");
+    assert!(accepted < tried * 9 / 10, "{accepted} of {tried} accepted");
+}
+
+#[test]
+fn reply_json_with_unknown_statuses_or_escaping_file_names_is_refused() {
+    let base = |status: &str, file: &str| {
+        serde_json::to_vec(&json!({"case_id": "c-1", "status": status, "message": "m",
+            "attachments": [{"file": file, "type": "t", "mime_type": "application/pdf"}]}))
+        .unwrap_or_default()
+    };
+    for status in ["FINISHED", "HUBEE_NOTIFIED", "CLOSED", "SENT", "done"] {
+        assert!(
+            matches!(
+                reply::parse(&base(status, "a.pdf")),
+                Err(Refusal::UnknownStatus { .. })
+            ),
+            "{status}"
+        );
+    }
+    for file in [
+        "../a.pdf",
+        "a/b.pdf",
+        "..",
+        ".",
+        "/etc/passwd",
+        "a\\b.pdf",
+        "",
+        "reply.json",
+        "a\nb",
+    ] {
+        assert!(
+            matches!(
+                reply::parse(&base("DONE", file)),
+                Err(Refusal::BadFileName { .. })
+            ),
+            "{file:?}"
+        );
+    }
+    assert!(reply::parse(&base("DONE", "acte.pdf")).is_ok());
+}
+
+/// Through the real binary: refused replies (and replies naming cases the hub does not
+/// have) all end in `failed/` with the reason in `error.txt`, and no request that changes
+/// anything reaches the hub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_replies_end_in_failed_with_their_reason_and_never_touch_the_hub() {
+    // Inputs drawn as in the property above, deterministic (seed 9 unless HUBEE_PROP_SEED).
+    let seed = env_u64("HUBEE_PROP_SEED", 9);
+    let mut bytes = [0u8; 32];
+    bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut runner = TestRunner::new_with_rng(
+        Config::default(),
+        TestRng::from_seed(RngAlgorithm::ChaCha, &bytes),
+    );
+    let strategy = arb_reply_json();
+    let (mut refused, mut unknown_case) = (Vec::new(), Vec::new());
+    while refused.len() < 40 || unknown_case.len() < 10 {
+        let raw = strategy
+            .new_tree(&mut runner)
+            .map(|t| t.current())
+            .unwrap_or_default();
+        match reply::parse(&raw) {
+            Err(r) if refused.len() < 40 => refused.push((raw, r)),
+            Ok(_) if unknown_case.len() < 10 => unknown_case.push(raw),
+            _ => {}
+        }
+    }
+    let w = common::World::new().await;
+    // One run creates the outbox; the hub has no case at all.
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let outbox = w.spool().join("outbox");
+    let mut all: Vec<(String, Option<Refusal>)> = Vec::new();
+    for (i, (raw, r)) in refused.iter().enumerate() {
+        all.push((format!("refused-{i:02}"), Some(r.clone())));
+        let tmp = outbox.join("tmp").join(&all[i].0);
+        std::fs::create_dir(&tmp).expect("outbox/tmp/NAME");
+        std::fs::write(tmp.join(REPLY_JSON), raw).expect("reply.json");
+        std::fs::rename(&tmp, outbox.join("new").join(&all[i].0)).expect("into new/");
+    }
+    for (i, raw) in unknown_case.iter().enumerate() {
+        let name = format!("unknown-case-{i:02}");
+        let tmp = outbox.join("tmp").join(&name);
+        std::fs::create_dir(&tmp).expect("outbox/tmp/NAME");
+        std::fs::write(tmp.join(REPLY_JSON), raw).expect("reply.json");
+        std::fs::rename(&tmp, outbox.join("new").join(&name)).expect("into new/");
+        all.push((name, None));
+    }
+    let before = w.hub.requests().len();
+    let (code, out, err) = w.run(&["once"]).await;
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(code == 0 || code == 1, "exit {code}: {out}{err}");
+    let changing: Vec<String> = w.hub.requests()[before..]
+        .iter()
+        .filter(|r| r.method != "GET" && r.route != Some(fake_hubee::Route::Token))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect();
+    assert!(
+        changing.is_empty(),
+        "refused replies touched the hub: {changing:?}"
+    );
+    assert!(common::daemon::dir_entries(&outbox.join("new")).is_empty());
+    for (name, refusal) in &all {
+        let error = std::fs::read_to_string(outbox.join("failed").join(name).join("error.txt"))
+            .unwrap_or_else(|e| panic!("{name}: failed/{name}/error.txt: {e}"));
+        if let Some(r) = refusal {
+            let (what_fr, what_en) = r.what();
+            assert!(
+                error.contains(&what_fr) && error.contains(&what_en),
+                "{name}: error.txt says why ({what_en}):\n{error}"
+            );
+        }
+        assert!(error.len() > 40, "{name}: {error}");
+    }
+    println!(
+        "reply.json through the binary: {} refused by the parser and {} naming cases the hub \
+         does not have: all in failed/ with error.txt, 0 changing requests",
+        refused.len(),
+        unknown_case.len()
     );
 }

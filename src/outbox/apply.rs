@@ -302,6 +302,7 @@ impl Applier<'_> {
         }
         if self.row.stage < ReplyStage::FilesUploaded {
             self.upload_all().await?;
+            crate::crashpoint::point("outbox_after_received_check");
             self.row.stage = ReplyStage::FilesUploaded;
             self.save().await?;
         }

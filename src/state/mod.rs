@@ -850,6 +850,30 @@ impl StateDb {
             .map_err(self.q("decoding a delivery"))
     }
 
+    /// The case round (if any) that notification `notification_id` opened: a reopening
+    /// event opens one round of its own, and this finds it again after a crash.
+    pub async fn case_round_announced_by(
+        &self,
+        subscription: &str,
+        case_id: &str,
+        notification_id: &str,
+    ) -> Result<Option<i64>, StateError> {
+        let row = sqlx::query(
+            "SELECT round FROM delivery
+             WHERE subscription = $1 AND case_id = $2 AND event_id = '' AND notification_id = $3
+             ORDER BY round DESC LIMIT 1",
+        )
+        .bind(subscription)
+        .bind(case_id)
+        .bind(notification_id)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(self.q("finding the round a reopening opened"))?;
+        row.map(|r| r.try_get::<i64, _>(0))
+            .transpose()
+            .map_err(self.q("decoding a round"))
+    }
+
     /// The delivery of an event, whatever its round.
     pub async fn event_delivery(
         &self,

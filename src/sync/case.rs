@@ -40,29 +40,70 @@ fn is_reopened_status(s: CaseStatus) -> bool {
     )
 }
 
-/// Which round of a case a new-case notification (or a reopening event) is about. Pure.
+/// What announced the case round being decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Announcement {
+    /// A new-case notification (`eventId` null), or a reopening without a notification id:
+    /// a new round only when the case is back at `HUBEE_NOTIFIED` (or before) after a
+    /// finished round (the OSL sent the télédossier again).
+    NewCase,
+    /// A reopening event (`STATUS_UPDATE` back to `HUBEE_NOTIFIED`): one round of its own,
+    /// whatever the case's status is by the time it is read (a second reopening may arrive
+    /// after an earlier round already walked the case on). `opened` is the round its
+    /// notification already opened, found again after a crash: never a second one.
+    Reopening { opened: Option<i64> },
+}
+
+/// Which round to deliver. Pure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoundDecision {
+    /// Deliver this round, or finish it if it was begun.
+    Round(i64),
+    /// An earlier round, opened by another notification, is unfinished: finish it first,
+    /// then decide again (its receipt comes before this reopening's).
+    FinishFirst(i64),
+}
+
+/// Which round of a case an announcement is about. Pure.
 ///
 /// - never delivered: round 0;
-/// - the latest round is unfinished: that round (finish it);
-/// - the latest round is done and the case is back at `HUBEE_NOTIFIED` (or before): the OSL
-///   reopened it, a new round;
+/// - a reopening that already opened a round: that round;
+/// - the latest round is unfinished: a new-case notification finishes it; a reopening
+///   finishes it first, then opens its own;
+/// - a reopening: a new round;
+/// - a new-case notification while the case is back at `HUBEE_NOTIFIED` (or before) after a
+///   finished round: a new round;
 /// - otherwise the notification repeats one we handled: the latest round.
-pub fn decide_round(latest: Option<&DeliveryRow>, status: Option<CaseStatus>) -> i64 {
-    match latest {
-        None => 0,
-        Some(r) if r.stage < Stage::ReceiptDone => r.key.round,
-        Some(r) if status.is_some_and(is_reopened_status) => r.key.round + 1,
-        Some(r) => r.key.round,
+pub fn decide_round(
+    latest: Option<&DeliveryRow>,
+    status: Option<CaseStatus>,
+    announced: Announcement,
+) -> RoundDecision {
+    use RoundDecision::{FinishFirst, Round};
+    match (announced, latest) {
+        (Announcement::Reopening { opened: Some(r) }, _) => Round(r),
+        (_, None) => Round(0),
+        (Announcement::Reopening { opened: None }, Some(r)) if r.stage < Stage::ReceiptDone => {
+            FinishFirst(r.key.round)
+        }
+        (Announcement::Reopening { opened: None }, Some(r)) => Round(r.key.round + 1),
+        (Announcement::NewCase, Some(r)) if r.stage < Stage::ReceiptDone => Round(r.key.round),
+        (Announcement::NewCase, Some(r)) if status.is_some_and(is_reopened_status) => {
+            Round(r.key.round + 1)
+        }
+        (Announcement::NewCase, Some(r)) => Round(r.key.round),
     }
 }
 
 /// Delivers the case a notification announces, in the right round, with its receipt.
-/// `fresh` is the case when the caller already fetched it.
+/// `fresh` is the case when the caller already fetched it; `reopening` is true when the
+/// notification is a reopening event (it then gets a round of its own).
 pub async fn deliver_case(
     ctx: &SubscriptionCtx,
     case_id: &str,
     notification_id: Option<&str>,
     fresh: Option<(Case, bytes::Bytes)>,
+    reopening: bool,
 ) -> Result<CaseOutcome, ItemError> {
     let (case, raw) = match fresh {
         Some(c) => c,
@@ -92,15 +133,55 @@ pub async fn deliver_case(
             "the hub's answer for case {case_id} has no status; it will be retried"
         )));
     }
-    let latest = ctx.state.latest_case_round(&ctx.name, case_id).await?;
     let status = case
         .status
         .as_deref()
         .and_then(|s| s.parse::<CaseStatus>().ok());
-    let round = decide_round(latest.as_ref(), status);
-    if latest.as_ref().is_some_and(|l| l.key.round < round) {
-        crate::events::reopened(&ctx.name, case_id, round);
+    let announced = match (reopening, notification_id) {
+        (true, Some(nid)) => Announcement::Reopening {
+            opened: ctx
+                .state
+                .case_round_announced_by(&ctx.name, case_id, nid)
+                .await?,
+        },
+        _ => Announcement::NewCase,
+    };
+    // The case as read, for the receipt; stale once an earlier round's receipt moved it on.
+    let mut for_receipt = Some(case.clone());
+    for _ in 0..2 {
+        let latest = ctx.state.latest_case_round(&ctx.name, case_id).await?;
+        match decide_round(latest.as_ref(), status, announced) {
+            RoundDecision::FinishFirst(earlier) => {
+                // Its row exists: nothing is published from `case` for it.
+                let outcome =
+                    deliver_round(ctx, &case, &raw, earlier, None, for_receipt.take()).await?;
+                if outcome == CaseOutcome::Waiting {
+                    return Ok(CaseOutcome::Waiting);
+                }
+            }
+            RoundDecision::Round(round) => {
+                if latest.as_ref().is_some_and(|l| l.key.round < round) {
+                    crate::events::reopened(&ctx.name, case_id, round);
+                }
+                return deliver_round(ctx, &case, &raw, round, notification_id, for_receipt).await;
+            }
+        }
     }
+    Err(ItemError::Internal(format!(
+        "case {case_id}: an earlier round stays unfinished after finishing it"
+    )))
+}
+
+/// Publishes round `round` of the case (unless it already is) and does its receipt.
+async fn deliver_round(
+    ctx: &SubscriptionCtx,
+    case: &Case,
+    raw: &bytes::Bytes,
+    round: i64,
+    notification_id: Option<&str>,
+    for_receipt: Option<Case>,
+) -> Result<CaseOutcome, ItemError> {
+    let case_id = case.id.as_deref().unwrap_or_default();
     let key = DeliveryKey {
         subscription: ctx.name.clone(),
         case_id: case_id.to_string(),
@@ -124,7 +205,7 @@ pub async fn deliver_case(
                         .clone()
                         .unwrap_or_else(|| ctx.process_code.clone()),
                     notification_id,
-                    case_raw: &raw,
+                    case_raw: raw,
                     event_raw: None,
                     event_id: None,
                     attachments: &case.attachments,
@@ -139,7 +220,7 @@ pub async fn deliver_case(
     }
     let row = row.ok_or_else(|| ItemError::Internal("delivery record vanished".into()))?;
     if row.stage < Stage::ReceiptDone {
-        receipt(ctx, &row, Some(case)).await?;
+        receipt(ctx, &row, for_receipt).await?;
     }
     Ok(outcome)
 }
@@ -176,7 +257,11 @@ async fn receipt(
     let from = match (&row.receipt_from, row.stage >= Stage::ReceiptStarted) {
         (Some(f), true) => f.clone(),
         _ => {
-            if receipt_plan(current, target) == ReceiptPlan::LeaveAsIs {
+            // A reopened round whose case an earlier round already walked to the receipt
+            // status (two reopenings before the first was read) still owes the OSL its
+            // receipt; past the receipt status, someone else moved the case on.
+            let reopened_at_target = key.round > 0 && current == target;
+            if receipt_plan(current, target) == ReceiptPlan::LeaveAsIs && !reopened_at_target {
                 tracing::info!(subscription = %ctx.name, case_id = %key.case_id, status = %current,
                     "case already at or past its receipt status; left as it is, no receipt event");
                 ctx.state.record_receipt_done(key, None).await?;
@@ -273,29 +358,110 @@ mod tests {
         }
     }
 
+    use Announcement::{NewCase, Reopening};
+    use RoundDecision::{FinishFirst, Round};
+
+    const FRESH_REOPENING: Announcement = Reopening { opened: None };
+
     #[test]
     fn first_notification_is_round_zero() {
-        assert_eq!(decide_round(None, Some(CaseStatus::HubeeNotified)), 0);
+        assert_eq!(
+            decide_round(None, Some(CaseStatus::HubeeNotified), NewCase),
+            Round(0)
+        );
+        assert_eq!(
+            decide_round(None, Some(CaseStatus::HubeeNotified), FRESH_REOPENING),
+            Round(0)
+        );
     }
 
     #[test]
     fn unfinished_round_is_finished_not_restarted() {
         let r = row(1, Stage::Published);
-        assert_eq!(decide_round(Some(&r), Some(CaseStatus::HubeeNotified)), 1);
+        assert_eq!(
+            decide_round(Some(&r), Some(CaseStatus::HubeeNotified), NewCase),
+            Round(1)
+        );
     }
 
     #[test]
     fn case_back_at_notified_after_a_done_round_is_a_reopening() {
         let r = row(0, Stage::Acknowledged);
-        assert_eq!(decide_round(Some(&r), Some(CaseStatus::HubeeNotified)), 1);
-        assert_eq!(decide_round(Some(&r), Some(CaseStatus::HubeeCompleted)), 1);
+        assert_eq!(
+            decide_round(Some(&r), Some(CaseStatus::HubeeNotified), NewCase),
+            Round(1)
+        );
+        assert_eq!(
+            decide_round(Some(&r), Some(CaseStatus::HubeeCompleted), NewCase),
+            Round(1)
+        );
     }
 
     #[test]
     fn repeated_notification_of_a_done_round_is_not_a_reopening() {
         let r = row(2, Stage::ReceiptDone);
-        assert_eq!(decide_round(Some(&r), Some(CaseStatus::InProgress)), 2);
-        assert_eq!(decide_round(Some(&r), Some(CaseStatus::Done)), 2);
-        assert_eq!(decide_round(Some(&r), None), 2);
+        assert_eq!(
+            decide_round(Some(&r), Some(CaseStatus::InProgress), NewCase),
+            Round(2)
+        );
+        assert_eq!(
+            decide_round(Some(&r), Some(CaseStatus::Done), NewCase),
+            Round(2)
+        );
+        assert_eq!(decide_round(Some(&r), None, NewCase), Round(2));
+    }
+
+    #[test]
+    fn second_reopening_read_after_the_first_walked_the_case_gets_its_own_round() {
+        // Two reopenings before hubee-sync read the first: the first's round (1) already
+        // walked the case to IN_PROGRESS when the second is read.
+        let r = row(1, Stage::ReceiptDone);
+        for status in [
+            Some(CaseStatus::InProgress),
+            Some(CaseStatus::HubeeNotified),
+            Some(CaseStatus::Done),
+            None,
+        ] {
+            assert_eq!(
+                decide_round(Some(&r), status, FRESH_REOPENING),
+                Round(2),
+                "{status:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reopening_seen_again_after_a_crash_keeps_the_round_it_opened() {
+        // Its round published but not yet receipted, done, or already followed by a later
+        // reopening's round: always the same round, never another.
+        for latest in [
+            row(3, Stage::Intent),
+            row(3, Stage::Published),
+            row(3, Stage::ReceiptDone),
+            row(5, Stage::Acknowledged),
+        ] {
+            assert_eq!(
+                decide_round(
+                    Some(&latest),
+                    Some(CaseStatus::InProgress),
+                    Reopening { opened: Some(3) }
+                ),
+                Round(3)
+            );
+        }
+    }
+
+    #[test]
+    fn reopening_behind_an_unfinished_round_finishes_it_first() {
+        let r = row(1, Stage::Published);
+        assert_eq!(
+            decide_round(Some(&r), Some(CaseStatus::HubeeNotified), FRESH_REOPENING),
+            FinishFirst(1)
+        );
+        let r = row(1, Stage::ReceiptDone);
+        assert_eq!(
+            decide_round(Some(&r), Some(CaseStatus::InProgress), FRESH_REOPENING),
+            Round(2)
+        );
     }
 }

@@ -492,7 +492,7 @@ async fn work(ctx: &SubscriptionCtx, item: &WorkItem) -> Result<CaseOutcome, Ite
         "invalid" => Err(ItemError::Refused(
             "the notification names no case (caseId is empty)".into(),
         )),
-        _ => deliver_case(ctx, &item.case_id, nid, None).await,
+        _ => deliver_case(ctx, &item.case_id, nid, None, false).await,
     }
 }
 

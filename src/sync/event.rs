@@ -95,8 +95,10 @@ pub async fn deliver_event(
         }
     }
     if action == "STATUS_UPDATE" && is_reopening(ev.case_new_status.as_deref()) {
-        // The reopened case is delivered again before the event is acknowledged.
-        if deliver_case(ctx, case_id, None, None).await? == CaseOutcome::Waiting {
+        // The reopened case is delivered again, as a round of this reopening's own, before
+        // the event is acknowledged. Its notification marks the round, so a crash never
+        // opens a second one for it.
+        if deliver_case(ctx, case_id, notification_id, None, true).await? == CaseOutcome::Waiting {
             return Ok(CaseOutcome::Waiting);
         }
     }

@@ -65,6 +65,9 @@ pub struct Load {
     pub messages: usize,
     pub deposits: usize,
     pub reopenings: usize,
+    /// Reopenings posted while an earlier reopening of the same case was still unread (its
+    /// notification still on the hub).
+    pub reopenings_unread: usize,
 }
 
 pub struct Campaign {
@@ -283,6 +286,21 @@ spool = "{d}/spool/{name}"
             .iter()
             .filter_map(|e| e["id"].as_str().map(str::to_string))
             .collect();
+        let sub = &SUBS[self.cases[case_id].sub];
+        let unread = self
+            .world
+            .hub
+            .notifications(sub.client)
+            .iter()
+            .filter_map(|n| n["eventId"].as_str().map(str::to_string))
+            .any(|e| {
+                self.events
+                    .get(&e)
+                    .is_some_and(|x| x.case_id == case_id && x.action_type == "STATUS_UPDATE")
+            });
+        if unread {
+            self.load.reopenings_unread += 1;
+        }
         self.world.hub.osl_reopen(case_id);
         let ev = self
             .world

@@ -1,0 +1,684 @@
+//! The outbox campaign (issue 9 §1 and §2, for replies): `hubee-sync run` against the fake
+//! hub while the legacy software keeps dropping replies into `outbox/new/` of two
+//! subscriptions — replies with 1–3 files, status changes, messages, reused folder names and
+//! broken replies — killed over and over, by SIGKILL at seeded random instants and at every
+//! named step boundary of the outbox (src/outbox/apply.rs, mod.rs), with a fifth of all
+//! requests failing on every route (outbox routes included) while it is being killed.
+//!
+//! After every kill: every folder in `sent/` has `result.json`, every folder in `failed/` has
+//! `error.txt`. At the end, after clean `once` runs without faults, for every reply: exactly
+//! one event on the hub carrying its marker, of the right type, `SENT`; each of its files
+//! declared once, stored with the reply's bytes and answered 2xx exactly once; the case at the
+//! status the reply asked; the folder in `sent/` with `result.json` naming that event. Every
+//! broken reply is in `failed/` with `error.txt` and touched nothing on the hub. Nothing is
+//! left in `new/` or `tmp/`, nothing else is in `sent/` or `failed/`, and one more `once`
+//! changes nothing on the hub.
+//!
+//! Reproduce: `cargo test --test reliability_outbox -- --nocapture`; another seed or more
+//! lives: `HUBEE_OUTBOX_SEED=7 HUBEE_OUTBOX_LIVES=120 cargo test --test reliability_outbox -- --nocapture`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::process::ExitStatusExt;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use common::campaign::{Campaign, SUBS};
+use common::daemon::{dir_entries, Daemon};
+use fake_hubee::{Fault, Route};
+use serde_json::{json, Value};
+use sha2::Digest;
+
+/// Every step boundary a reply passes (see src/outbox/apply.rs and src/outbox/mod.rs).
+const POINTS: &[&str] = &[
+    "outbox_after_event_post",
+    "outbox_after_put",
+    "outbox_after_received_check",
+    "outbox_after_status_patch",
+    "outbox_before_sent",
+    "outbox_after_sent",
+    "outbox_before_move",
+];
+
+/// A crash-point life that has not reached its point after this long is SIGKILLed instead.
+const POINT_BOUND: Duration = Duration::from_millis(3000);
+
+/// Share of requests that fail during the kill phase.
+const RATE: f64 = 0.2;
+
+/// File sizes mixed in the replies.
+const SIZES: [usize; 4] = [7, 20_000, 200_000, 1024 * 1024];
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+/// The transient fault kinds that mean something on the outbox's routes (no digest faults:
+/// the outbox downloads nothing). Never a random 4xx: the protocol makes it final.
+fn kinds() -> Vec<Fault> {
+    vec![
+        Fault::Status(500),
+        Fault::Status(502),
+        Fault::Status(503),
+        Fault::TooManyRequests {
+            retry_after_secs: 0,
+        },
+        Fault::ResetBeforeEffect,
+        Fault::ResetAfterEffect,
+        Fault::ResetMidBody { after_bytes: 5_000 },
+        Fault::TruncateBody { after_bytes: 40 },
+        Fault::SlowBody { chunk_delay_ms: 3 },
+        Fault::KillToken,
+    ]
+}
+
+/// What one reply asks, and what must become of it.
+#[derive(Debug, Clone)]
+struct Reply {
+    sub: usize,
+    folder: String,
+    case_id: String,
+    /// SHA-256 of its reply.json: with the folder name, what the reply is known by.
+    sha: String,
+    status: Option<&'static str>,
+    message: Option<String>,
+    /// (file name, bytes) as written next to reply.json.
+    files: Vec<(String, Vec<u8>)>,
+    /// A broken reply: it must end in failed/ and touch nothing on the hub.
+    broken: bool,
+}
+
+impl Reply {
+    fn marker(&self) -> String {
+        format!(
+            "hubee-sync:reply:{}:{}",
+            &self.sha[..16],
+            self.folder
+                .chars()
+                .map(
+                    |c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-') {
+                        c
+                    } else {
+                        '_'
+                    }
+                )
+                .collect::<String>()
+        )
+    }
+
+    fn action_type(&self) -> &'static str {
+        match (self.files.is_empty(), self.status) {
+            (false, _) => "ATTACH_DEPOSIT",
+            (true, Some(_)) => "STATUS_UPDATE",
+            (true, None) => "SENDING_MESSAGE",
+        }
+    }
+}
+
+struct Outbox {
+    c: Campaign,
+    rng: fastrand::Rng,
+    replies: Vec<Reply>,
+    /// Cases already given a final status (DONE or REFUSED) by a reply.
+    decided: BTreeMap<String, &'static str>,
+    next: usize,
+    /// Folder names reused for a new reply once the first was in sent/.
+    reused: usize,
+    /// Files stored a second time (same bytes) because the answer to the first PUT was lost.
+    resent: std::cell::Cell<usize>,
+}
+
+impl Outbox {
+    fn dir(&self, sub: usize, which: &str) -> PathBuf {
+        self.c.spool(sub).join("outbox").join(which)
+    }
+
+    /// Writes a reply as the legacy software must: in tmp/, then one rename into new/.
+    fn drop_reply(&mut self, r: Reply, reply_json: &[u8]) {
+        let tmp = self.dir(r.sub, "tmp").join(&r.folder);
+        std::fs::create_dir_all(&tmp).expect("outbox/tmp");
+        for (f, data) in &r.files {
+            std::fs::write(tmp.join(f), data).expect("write a reply file");
+        }
+        std::fs::write(tmp.join("reply.json"), reply_json).expect("write reply.json");
+        std::fs::rename(&tmp, self.dir(r.sub, "new").join(&r.folder)).expect("rename into new/");
+        self.replies.push(r);
+    }
+
+    /// One more reply: with files (and a final status or none), a status change with a
+    /// message, a message alone, or (one in eight) a broken one. A folder name already in
+    /// sent/ is reused now and then: a new reply.
+    fn add(&mut self) {
+        self.add_as(false);
+    }
+
+    /// `full`: files and a final status on a case that has none yet (when one is left), so
+    /// that the reply passes every step boundary.
+    fn add_as(&mut self, full: bool) {
+        let uid = self.next;
+        let mut n = uid;
+        self.next += 1;
+        let ids: Vec<String> = self.c.cases.keys().cloned().collect();
+        let undecided: Vec<&String> = ids
+            .iter()
+            .filter(|i| !self.decided.contains_key(*i))
+            .collect();
+        let case_id = match (full, undecided.is_empty()) {
+            (true, false) => undecided[self.rng.usize(..undecided.len())].clone(),
+            _ => ids[self.rng.usize(..ids.len())].clone(),
+        };
+        if full {
+            // A kind with files (n % 8 < 4) that never reuses a folder name (n % 9 != 5).
+            n = n - n % 8;
+        }
+        let sub = self.c.cases[&case_id].sub;
+        let ext = self
+            .c
+            .world
+            .hub
+            .case_json(&case_id)
+            .and_then(|v| v["externalId"].as_str().map(str::to_string))
+            .expect("the case's external id");
+        let mut folder = format!("reponse-{uid:04}");
+        if !full && n % 9 == 5 {
+            let sent = dir_entries(&self.dir(sub, "sent"));
+            let taken = sent
+                .iter()
+                .find(|f| !f.contains('~') && !self.dir(sub, "new").join(f.as_str()).exists());
+            if let Some(f) = taken {
+                folder = f.clone();
+                self.reused += 1;
+            }
+        }
+        let kind = n % 8;
+        let final_status = if self.decided.contains_key(&case_id) {
+            None
+        } else if full || self.rng.bool() {
+            Some("DONE")
+        } else {
+            Some("REFUSED")
+        };
+        let type_ = if SUBS[sub].process_code == "CERTDC" {
+            "DD_Certificatdedeces"
+        } else {
+            "ActeEtatCivil-PDF"
+        };
+        let mut files = Vec::new();
+        let (status, message, broken) = match kind {
+            // Files: 1–3, with a final status when the case has none yet.
+            0..=3 => {
+                for i in 0..1 + self.rng.usize(..3) {
+                    let size = if self.rng.u8(..8) == 0 {
+                        SIZES[3]
+                    } else {
+                        SIZES[self.rng.usize(..3)]
+                    };
+                    let mut data = b"%PDF-1.4\n".to_vec();
+                    data.resize(size.max(9), 0);
+                    let mut x = (uid * 31 + i + 1) as u32 | 1;
+                    for b in data.iter_mut().skip(9) {
+                        x ^= x << 13;
+                        x ^= x >> 17;
+                        x ^= x << 5;
+                        *b = x as u8;
+                    }
+                    data.truncate(size);
+                    files.push((format!("acte-{i}.pdf"), data));
+                }
+                (final_status, Some(format!("Votre acte ({uid})")), false)
+            }
+            4 | 5 => (
+                final_status,
+                Some(format!("Décision sur votre demande ({uid})")),
+                false,
+            ),
+            6 => (None, Some(format!("Un message du service ({uid})")), false),
+            _ => (None, None, true),
+        };
+        let mut body = json!({"message": message});
+        if n % 2 == 0 {
+            body["case_id"] = json!(case_id);
+        } else {
+            body["external_id"] = json!(ext);
+        }
+        if let Some(s) = status {
+            body["status"] = json!(s);
+        }
+        if broken {
+            // Names a file that is not in the folder, or asks a status that does not exist.
+            if n % 16 == 7 {
+                body["attachments"] = json!([{"file": "absent.pdf", "type": type_,
+                    "mime_type": "application/pdf"}]);
+            } else {
+                body["status"] = json!("FINISHED");
+            }
+            body["message"] = json!(format!("cassé ({uid})"));
+        } else if !files.is_empty() {
+            body["attachments"] = Value::Array(
+                files
+                    .iter()
+                    .map(|(f, _)| json!({"file": f, "type": type_, "mime_type": "application/pdf"}))
+                    .collect(),
+            );
+        }
+        if let (Some(s), false) = (status, broken) {
+            self.decided.insert(case_id.clone(), s);
+        }
+        let reply_json = serde_json::to_vec_pretty(&body).expect("json");
+        let r = Reply {
+            sub,
+            folder,
+            case_id,
+            sha: sha256_hex(&reply_json),
+            status: if broken { None } else { status },
+            message: if broken { None } else { message },
+            files,
+            broken,
+        };
+        self.drop_reply(r, &reply_json);
+    }
+
+    /// Right after a kill: a folder is in sent/ only with result.json, in failed/ only with
+    /// error.txt (each is written before the folder moves).
+    fn check_moved_so_far(&self) -> Result<(), String> {
+        for sub in 0..SUBS.len() {
+            for (which, note) in [("sent", "result.json"), ("failed", "error.txt")] {
+                for f in dir_entries(&self.dir(sub, which)) {
+                    let p = self.dir(sub, which).join(&f);
+                    if !p.join(note).is_file() {
+                        return Err(format!("{} has no {note}", p.display()));
+                    }
+                    if !p.join("reply.json").is_file() {
+                        return Err(format!("{} lost its reply.json", p.display()));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Folders of `which` (sent/failed) by the SHA-256 of their reply.json.
+    fn moved_by_sha(&self, sub: usize, which: &str) -> BTreeMap<String, Vec<PathBuf>> {
+        let mut out: BTreeMap<String, Vec<PathBuf>> = BTreeMap::new();
+        for f in dir_entries(&self.dir(sub, which)) {
+            let p = self.dir(sub, which).join(&f);
+            let sha = std::fs::read(p.join("reply.json"))
+                .map(|b| sha256_hex(&b))
+                .unwrap_or_default();
+            out.entry(sha).or_default().push(p);
+        }
+        out
+    }
+
+    /// The end state: see the module's documentation.
+    fn assert_end_state(&self, what: &str) {
+        let hub = &self.c.world.hub;
+        let requests = hub.requests();
+        let mut sent_total = 0;
+        let mut failed_total = 0;
+        for (sub, s) in SUBS.iter().enumerate() {
+            for which in ["new", "tmp"] {
+                let left = dir_entries(&self.dir(sub, which));
+                assert!(
+                    left.is_empty(),
+                    "{what}: outbox/{which} not empty: {left:?}"
+                );
+            }
+            let sent = self.moved_by_sha(sub, "sent");
+            let failed = self.moved_by_sha(sub, "failed");
+            let mine: Vec<&Reply> = self.replies.iter().filter(|r| r.sub == sub).collect();
+            for r in &mine {
+                let id = format!("{what}: reply {} ({})", r.folder, &r.sha[..8]);
+                let on_hub: Vec<Value> = hub
+                    .events(&r.case_id)
+                    .into_iter()
+                    .filter(|e| {
+                        e["comment"]
+                            .as_str()
+                            .and_then(|c| c.lines().next())
+                            .map(str::trim)
+                            == Some(r.marker().as_str())
+                    })
+                    .collect();
+                if r.broken {
+                    assert!(
+                        on_hub.is_empty(),
+                        "{id}: broken, yet on the hub: {on_hub:?}"
+                    );
+                    let f = failed.get(&r.sha).cloned().unwrap_or_default();
+                    assert_eq!(f.len(), 1, "{id}: in failed/ exactly once: {f:?}");
+                    assert!(
+                        !sent.contains_key(&r.sha),
+                        "{id}: a broken reply must not be in sent/"
+                    );
+                    continue;
+                }
+                assert_eq!(
+                    on_hub.len(),
+                    1,
+                    "{id}: exactly one event on the hub: {on_hub:#?}"
+                );
+                let ev = &on_hub[0];
+                let ev_id = ev["id"].as_str().unwrap_or_default();
+                assert_eq!(ev["actionType"], r.action_type(), "{id}");
+                assert_eq!(ev["status"], "SENT", "{id}: the OSL was told");
+                if let Some(m) = &r.message {
+                    assert_eq!(ev["message"], m.as_str(), "{id}");
+                }
+                if let Some(s) = r.status {
+                    assert_eq!(ev["caseNewStatus"], s, "{id}");
+                }
+                let atts = ev["attachments"].as_array().cloned().unwrap_or_default();
+                assert_eq!(atts.len(), r.files.len(), "{id}: each file declared once");
+                for (name, data) in &r.files {
+                    let att = atts
+                        .iter()
+                        .find(|a| a["fileName"] == name.as_str())
+                        .unwrap_or_else(|| panic!("{id}: {name} declared"));
+                    let att_id = att["id"].as_str().unwrap_or_default();
+                    assert_eq!(att["status"], "RECEIVED", "{id}: {name}");
+                    assert_eq!(att["size"], data.len() as u64, "{id}: {name}");
+                    let (_, sha) = hub
+                        .uploaded(&r.case_id, ev_id, att_id)
+                        .unwrap_or_else(|| panic!("{id}: {name} uploaded"));
+                    assert_eq!(sha, sha256_hex(data), "{id}: {name}: the reply's bytes");
+                    let path = format!("/cases/{}/events/{ev_id}/attachments/{att_id}", r.case_id);
+                    // A PUT took effect when the hub answered 2xx, or stored the file and
+                    // then dropped the connection (ResetAfterEffect).
+                    let puts: Vec<(Option<u16>, Option<Fault>)> = requests
+                        .iter()
+                        .filter(|q| {
+                            q.route == Some(Route::PutEventAttachment) && q.path.ends_with(&path)
+                        })
+                        .map(|q| (q.status, q.fault.clone()))
+                        .collect();
+                    let took_effect = |p: &(Option<u16>, Option<Fault>)| {
+                        p.0.is_some_and(|s| (200..300).contains(&s))
+                            || p.1 == Some(Fault::ResetAfterEffect)
+                    };
+                    let effective = puts.iter().filter(|p| took_effect(p)).count();
+                    let answered = puts
+                        .iter()
+                        .filter(|p| p.0.is_some_and(|s| (200..300).contains(&s)))
+                        .count();
+                    // The same bytes go again only when the answer to a PUT that took effect
+                    // was lost (HTTP PUT is idempotent); never once the hub said 2xx.
+                    assert!(
+                        effective >= 1
+                            && answered <= 1
+                            && puts.last().is_some_and(took_effect)
+                            && puts
+                                .iter()
+                                .rev()
+                                .skip(1)
+                                .all(|p| p.0.is_none_or(|s| s >= 300)),
+                        "{id}: {name}: no PUT after a 2xx, the last one took effect: {puts:?}"
+                    );
+                    self.resent.set(self.resent.get() + effective - 1);
+                }
+                let s = sent.get(&r.sha).cloned().unwrap_or_default();
+                assert_eq!(s.len(), 1, "{id}: in sent/ exactly once: {s:?}");
+                let result: Value = serde_json::from_slice(
+                    &std::fs::read(s[0].join("result.json")).expect("result.json"),
+                )
+                .expect("result.json is JSON");
+                assert_eq!(
+                    result["event_id"], ev_id,
+                    "{id}: result.json names its event"
+                );
+                assert!(!failed.contains_key(&r.sha), "{id}: not also in failed/");
+            }
+            let want_sent = mine.iter().filter(|r| !r.broken).count();
+            let want_failed = mine.len() - want_sent;
+            let n_sent: usize = sent.values().map(Vec::len).sum();
+            let n_failed: usize = failed.values().map(Vec::len).sum();
+            assert_eq!(
+                n_sent, want_sent,
+                "{what}: {}: nothing else in sent/",
+                s.name
+            );
+            assert_eq!(
+                n_failed, want_failed,
+                "{what}: {}: nothing else in failed/",
+                s.name
+            );
+            sent_total += n_sent;
+            failed_total += n_failed;
+        }
+        assert_eq!(sent_total + failed_total, self.replies.len(), "{what}");
+        // Every SI event on a case is a receipt or a reply's: no stray event.
+        for (id, c) in &self.c.cases {
+            let ours = self
+                .replies
+                .iter()
+                .filter(|r| &r.case_id == id && !r.broken)
+                .count();
+            let si_events = hub
+                .events(id)
+                .into_iter()
+                .filter(|e| {
+                    e["comment"]
+                        .as_str()
+                        .is_some_and(|c| c.starts_with("hubee-sync:reply:"))
+                })
+                .count();
+            assert_eq!(si_events, ours, "{what}: case {id}: one event per reply");
+            let want = self
+                .decided
+                .get(id)
+                .copied()
+                .unwrap_or(SUBS[c.sub].receipt_status);
+            assert_eq!(
+                hub.case_status(id).as_deref(),
+                Some(want),
+                "{what}: case {id} at the status its reply asked"
+            );
+        }
+    }
+}
+
+async fn wait_exit(d: &mut Daemon, bound: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = d.child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if start.elapsed() > bound {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+fn mutating(c: &Campaign) -> usize {
+    c.world
+        .hub
+        .requests()
+        .iter()
+        .filter(|r| r.method != "GET" && r.route != Some(Route::Token))
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_once() {
+    let seed = env_u64("HUBEE_OUTBOX_SEED", 1);
+    let lives = env_u64("HUBEE_OUTBOX_LIVES", 64) as usize;
+    let started = Instant::now();
+    let mut c = Campaign::new("every 1s", "").await;
+    for n in 0..40 {
+        c.add_case(usize::from(n % 3 == 2));
+    }
+    // The cases are received first, fault-free: replies answer received cases.
+    let (code, out, err) = c.world.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let before_replies = c.world.hub.requests().len();
+    let mut o = Outbox {
+        c,
+        rng: fastrand::Rng::with_seed(seed),
+        replies: Vec::new(),
+        decided: BTreeMap::new(),
+        next: 0,
+        reused: 0,
+        resent: std::cell::Cell::new(0),
+    };
+    for _ in 0..10 {
+        o.add();
+    }
+    o.c.world.hub.inject_random(None, RATE, kinds(), seed);
+
+    let config = o.c.world.config_path();
+    let (mut random_kills, mut point_kills, mut point_missed) = (0, 0, 0);
+    let mut points_hit = BTreeMap::<&str, usize>::new();
+    for life in 0..lives {
+        let crash_point = (life % 4 == 3).then(|| {
+            // Fresh replies with files before each crash-point life, so every point is passed.
+            o.add_as(true);
+            o.add_as(true);
+            o.add();
+            (POINTS[(life / 4) % POINTS.len()], o.rng.u32(1..=2))
+        });
+        if life % 4 == 1 {
+            for _ in 0..4 {
+                o.add();
+            }
+        }
+        let log = o.c.world.dir.path().join("life.log");
+        let env = crash_point.map(|(p, n)| format!("{p}:{n}"));
+        let envs: Vec<(&str, &str)> = env
+            .as_deref()
+            .map(|v| vec![("HUBEE_SYNC_CRASH_AT", v)])
+            .unwrap_or_default();
+        let mut d = Daemon::start_with(&config, log, "info", &envs);
+        let status = match crash_point {
+            Some((point, _)) => match wait_exit(&mut d, POINT_BOUND).await {
+                Some(status) => {
+                    assert_eq!(
+                        status.signal(),
+                        Some(libc::SIGKILL),
+                        "life {life}: run exited at {point} other than by its crash point: \
+                         {status:?}\n{}",
+                        d.log_text()
+                    );
+                    point_kills += 1;
+                    *points_hit.entry(point).or_default() += 1;
+                    status
+                }
+                None => {
+                    point_missed += 1;
+                    d.signal(libc::SIGKILL);
+                    wait_exit(&mut d, Duration::from_secs(10))
+                        .await
+                        .expect("killed")
+                }
+            },
+            None => {
+                let ms = if o.rng.u8(0..6) == 0 {
+                    o.rng.u64(500..=1500)
+                } else {
+                    o.rng.u64(50..=500)
+                };
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                assert!(
+                    d.child.try_wait().expect("try_wait").is_none(),
+                    "life {life}: run exited on its own before the kill:\n{}",
+                    d.log_text()
+                );
+                d.signal(libc::SIGKILL);
+                random_kills += 1;
+                wait_exit(&mut d, Duration::from_secs(10))
+                    .await
+                    .expect("killed")
+            }
+        };
+        assert_eq!(status.signal(), Some(libc::SIGKILL), "life {life}");
+        let log = d.log_text();
+        assert!(!log.contains("panicked"), "life {life}: {log}");
+        if let Err(why) = o.check_moved_so_far() {
+            panic!("life {life} (seed {seed}): {why}\nlog of the life:\n{log}");
+        }
+    }
+    let kill_phase = started.elapsed();
+    let moved_under_kills: usize = (0..SUBS.len())
+        .map(|s| dir_entries(&o.dir(s, "sent")).len() + dir_entries(&o.dir(s, "failed")).len())
+        .sum();
+    let faulted: Vec<(Route, Fault)> =
+        o.c.world
+            .hub
+            .requests()
+            .iter()
+            .filter_map(|r| Some((r.route?, r.fault.clone()?)))
+            .collect();
+    let mut by_route = BTreeMap::<String, usize>::new();
+    for (route, _) in &faulted {
+        *by_route.entry(format!("{route:?}")).or_default() += 1;
+    }
+    let requests_under_kills = o.c.world.hub.requests().len() - before_replies;
+
+    // Faults off; clean runs until one has nothing left to retry.
+    o.c.world.hub.clear_faults();
+    let mut clean_runs = 0;
+    loop {
+        clean_runs += 1;
+        let (code, out, err) = o.c.world.run(&["once"]).await;
+        assert!(!err.contains("panicked"), "{err}");
+        if code == 0 {
+            break;
+        }
+        assert!(clean_runs < 6, "no clean run in 6: exit {code}\n{out}{err}");
+    }
+    o.assert_end_state(&format!("seed {seed}"));
+    let resent = o.resent.get();
+    let before = mutating(&o.c);
+    let (code, out, err) = o.c.world.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(
+        mutating(&o.c),
+        before,
+        "a converged outbox makes no change on the hub"
+    );
+    o.assert_end_state(&format!("seed {seed}, once more"));
+
+    let files: usize = o.replies.iter().map(|r| r.files.len()).sum();
+    let bytes: usize = o
+        .replies
+        .iter()
+        .flat_map(|r| r.files.iter().map(|f| f.1.len()))
+        .sum();
+    let broken = o.replies.iter().filter(|r| r.broken).count();
+    let with_files = o.replies.iter().filter(|r| !r.files.is_empty()).count();
+    println!(
+        "outbox campaign seed {seed}: {lives} lives of `run`: {random_kills} random SIGKILLs \
+         (50-1500 ms) + {point_kills} at outbox crash points {points_hit:?} ({point_missed} not \
+         reached in {POINT_BOUND:?}, killed instead); {} replies over 2 subscriptions \
+         ({with_files} with files: {files} files, {:.1} MB; {} status changes; {broken} broken; \
+         {} reused folder names); {} faults injected in {requests_under_kills} requests during \
+         the kill phase ({:.0} %), by route {by_route:?}; {moved_under_kills} of {} replies \
+         moved to sent/ or failed/ during the kill phase ({:.1} s), the rest by {clean_runs} \
+         clean `once`; lost 0, sent twice 0; every file stored with its bytes, {resent} of them \
+         PUT again after the answer to a PUT that took effect was lost, none after a 2xx; \
+         total {:.1} s",
+        o.replies.len(),
+        bytes as f64 / 1e6,
+        o.decided.len(),
+        o.reused,
+        faulted.len(),
+        100.0 * faulted.len() as f64 / requests_under_kills.max(1) as f64,
+        o.replies.len(),
+        kill_phase.as_secs_f64(),
+        started.elapsed().as_secs_f64(),
+    );
+    assert!(random_kills >= 40, "at least 40 random kills per run");
+    assert_eq!(
+        points_hit.len(),
+        POINTS.len(),
+        "every outbox crash point was hit at least once: {points_hit:?}"
+    );
+}
