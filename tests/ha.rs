@@ -737,3 +737,89 @@ async fn a_write_after_a_takeover_is_refused_by_the_database() {
     db.close().await;
     pg.drop_now().await;
 }
+
+/// Replies land in the shared spools' `outbox/new/` while two nodes run; the node holding
+/// most of them is SIGKILLed while it applies them. Each reply is applied once: one deposit
+/// event per reply, the case DONE, every reply in `outbox/sent/`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_are_applied_once_across_nodes_and_a_kill() {
+    let mut c = Cluster::new(4).await;
+    c.add_cases(8);
+    let mut a = c.start("node-a");
+    let b = c.start("node-b");
+    wait_for(
+        Duration::from_secs(30),
+        "every case delivered, two subscriptions per node",
+        &[&a, &b],
+        async || {
+            let h = c.holders().await;
+            c.notifications_left() == 0
+                && h.len() == 4
+                && h.values().filter(|n| n.as_str() == "node-a").count() == 2
+        },
+    )
+    .await;
+    let cases: Vec<(String, usize)> = c.cases.iter().map(|(k, v)| (k.clone(), *v)).collect();
+    for (i, (case, sub)) in cases.iter().enumerate() {
+        let outbox = c.spool(*sub).join("outbox");
+        let tmp = outbox.join(format!("tmp/reply-{i}"));
+        std::fs::create_dir_all(&tmp).expect("outbox/tmp");
+        std::fs::write(tmp.join("acte.pdf"), format!("%PDF-1.4\nacte {i}\n")).expect("file");
+        std::fs::write(
+            tmp.join("reply.json"),
+            serde_json::json!({"case_id": case, "status": "DONE",
+                "attachments": [{"file": "acte.pdf", "type": "DD_Certificatdedeces", "mime_type": "application/pdf"}]})
+            .to_string(),
+        )
+        .expect("reply.json");
+        std::fs::create_dir_all(outbox.join("new")).expect("outbox/new");
+        std::fs::rename(&tmp, outbox.join(format!("new/reply-{i}"))).expect("publish the reply");
+    }
+    // Kill node-a as soon as the hub sees its first upload.
+    wait_for(
+        Duration::from_secs(20),
+        "node-a applies a reply",
+        &[&a, &b],
+        async || {
+            c.hub.requests().iter().any(|r| {
+                r.method == "PUT" && r.header("applicationName") == Some("hubee-sync-node-a")
+            })
+        },
+    )
+    .await;
+    a.signal(libc::SIGKILL);
+    let _ = a.child.wait();
+    let sent = |c: &Cluster| -> usize {
+        (0..c.subs.len())
+            .map(|s| dir_entries(&c.spool(s).join("outbox/sent")).len())
+            .sum()
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "every reply sent",
+        &[&b],
+        async || sent(&c) == cases.len(),
+    )
+    .await;
+    for s in 0..c.subs.len() {
+        let failed = dir_entries(&c.spool(s).join("outbox/failed"));
+        assert!(failed.is_empty(), "{}: failed/ {failed:?}", c.subs[s]);
+    }
+    for (case, _) in &cases {
+        let deposits = c
+            .hub
+            .events(case)
+            .into_iter()
+            .filter(|e| e["actionType"] == "ATTACH_DEPOSIT")
+            .count();
+        assert_eq!(deposits, 1, "case {case}: one deposit event for its reply");
+        assert_eq!(c.hub.case_status(case).as_deref(), Some("DONE"));
+    }
+    let log = b.log_text();
+    assert!(
+        log.contains("took over"),
+        "node-b took node-a's subscriptions over: {log}"
+    );
+    drop(b);
+    c.pg.drop_now().await;
+}

@@ -153,6 +153,12 @@ impl Cluster {
         let now = Instant::now();
         let mut cells = self.cells();
         match cells.get_mut(unit) {
+            // One task at a time in this process too (a cycle, or the outbox watcher's
+            // pass), as the file lock and the advisory lock do without a cluster.
+            Some(c) if c.working.is_some() => Err(format!(
+                "this process (node {}), busy with another pass on it",
+                self.node
+            )),
             Some(c) if c.held && now + self.margin < c.deadline => {
                 c.working = Some(c.epoch);
                 Ok(WorkGuard {
@@ -554,6 +560,21 @@ mod tests {
         drop(guard);
         let _g = c.begin_work("s").unwrap();
         assert!(c.permit("s").is_ok());
+    }
+
+    #[test]
+    fn a_unit_is_worked_by_one_task_at_a_time() {
+        let c = Cluster::new("a", Duration::from_secs(30), true);
+        c.adopt("s", 1, Instant::now(), 0);
+        let first = c.begin_work("s").unwrap();
+        let e = c.begin_work("s").err().unwrap();
+        assert!(e.contains("busy with another pass"), "{e}");
+        assert!(
+            c.permit("s").is_ok(),
+            "the first one still may change the hub"
+        );
+        drop(first);
+        let _second = c.begin_work("s").unwrap();
     }
 
     #[test]
