@@ -384,7 +384,7 @@ impl StateDb {
     }
 
     /// A transaction for a subscription's progress. Under a cluster, its first statement
-    /// checks (and row-locks until commit) the lease this process's current cycle holds:
+    /// checks (and share-locks until commit) the lease this process's current cycle holds:
     /// a takeover waits for the commit, and a write after a takeover is refused.
     /// Without a cluster: a plain connection, each statement its own transaction, as before.
     async fn begin_write(&self, subscription: &str) -> Result<Write, StateError> {
@@ -428,18 +428,21 @@ impl StateDb {
                 node: cluster.node().to_string(),
             };
             let epoch = cluster.working_epoch(subscription).ok_or_else(lost)?;
-            let done = sqlx::query(&format!(
-                "UPDATE hubee_sync_lease SET renewed_at = renewed_at
-                 WHERE subscription = $1 AND holder_instance = $2 AND epoch = $3 AND expires_at > {}",
+            // FOR SHARE: writes of one subscription (its concurrent cases) do not wait for
+            // each other; a takeover's UPDATE waits for all of them.
+            let held = sqlx::query(&format!(
+                "SELECT epoch FROM hubee_sync_lease
+                 WHERE subscription = $1 AND holder_instance = $2 AND epoch = $3 AND expires_at > {}
+                 FOR SHARE",
                 self.now_sql()
             ))
             .bind(subscription)
             .bind(cluster.instance())
             .bind(epoch)
-            .execute(&mut *tx)
+            .fetch_optional(&mut *tx)
             .await
             .map_err(self.q("checking the subscription's lease"))?;
-            if done.rows_affected() != 1 {
+            if held.is_none() {
                 cluster.mark_lost(subscription, epoch);
                 return Err(lost());
             }
