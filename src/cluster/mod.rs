@@ -11,7 +11,7 @@
 //! process would carry on as if nothing happened when it resumes. A lease expires on the
 //! database clock; its holder stops itself before the expiry (monotonic clock, with a
 //! margin of a third of the TTL), and its progress is written only in a transaction that
-//! checks, and row-locks, the lease with the epoch the cycle started with.
+//! checks, and share-locks, the lease with the epoch the cycle started with.
 //!
 //! Timings: renewal every `lease_ttl / 3`; the fence refuses a change on the hub when less
 //! than `lease_ttl / 3` of the lease is left; a dead node's leases are free `lease_ttl` after
