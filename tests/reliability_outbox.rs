@@ -405,22 +405,20 @@ impl Outbox {
                             || p.1 == Some(Fault::ResetAfterEffect)
                     };
                     let effective = puts.iter().filter(|p| took_effect(p)).count();
-                    let answered = puts
-                        .iter()
-                        .filter(|p| p.0.is_some_and(|s| (200..300).contains(&s)))
-                        .count();
-                    // The same bytes go again only when the answer to a PUT that took effect
-                    // was lost (HTTP PUT is idempotent); never once the hub said 2xx.
+                    // What the client saw succeed: a 2xx with nothing done to the answer.
+                    let seen_ok = |p: &(Option<u16>, Option<Fault>)| {
+                        p.0.is_some_and(|s| (200..300).contains(&s))
+                            && matches!(p.1, None | Some(Fault::SlowBody { .. }))
+                    };
+                    // The same bytes go again only when the answer to a PUT was lost (HTTP PUT
+                    // is idempotent); never once the client saw the hub say 2xx.
                     assert!(
                         effective >= 1
-                            && answered <= 1
-                            && puts.last().is_some_and(took_effect)
                             && puts
                                 .iter()
-                                .rev()
-                                .skip(1)
-                                .all(|p| p.0.is_none_or(|s| s >= 300)),
-                        "{id}: {name}: no PUT after a 2xx, the last one took effect: {puts:?}"
+                                .position(seen_ok)
+                                .is_none_or(|i| i + 1 == puts.len()),
+                        "{id}: {name}: stored, and no PUT after a 2xx: {puts:?}"
                     );
                     self.resent.set(self.resent.get() + effective - 1);
                 }
@@ -543,7 +541,15 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
             o.add_as(true);
             o.add_as(true);
             o.add();
-            (POINTS[(life / 4) % POINTS.len()], o.rng.u32(1..=2))
+            // The 2nd passage only where one reply passes the point several times (a PUT
+            // per file); elsewhere the 1st, so that the life reaches its point in time.
+            let point = POINTS[(life / 4) % POINTS.len()];
+            let nth = if point == "outbox_after_put" {
+                o.rng.u32(1..=2)
+            } else {
+                1
+            };
+            (point, nth)
         });
         if life % 4 == 1 {
             for _ in 0..4 {

@@ -45,6 +45,42 @@ async fn delivery_progress_is_recorded_step_by_step(db: &StateDb) {
     assert_eq!(got.stage, Stage::Acknowledged);
     assert_eq!(got.receipt_event_id.as_deref(), Some("ev-1"));
 
+    // A round is found again by the notification that opened it (a reopening seen again
+    // after a crash), never by an event's row with the same notification. (Another
+    // subscription, so the counts below stay those of certdc.)
+    let mut r0 = row("etatcivil", "case-1");
+    r0.notification_id = Some("n-new".into());
+    db.record_intent(&r0).await.unwrap();
+    let mut r2 = row("etatcivil", "case-1");
+    r2.key.round = 2;
+    r2.notification_id = Some("n-reopen".into());
+    db.record_intent(&r2).await.unwrap();
+    let mut ev = row("etatcivil", "case-1");
+    ev.key.event_id = "ev-9".into();
+    ev.notification_id = Some("n-event".into());
+    db.record_intent(&ev).await.unwrap();
+    for (case, nid, want) in [
+        ("case-1", "n-reopen", Some(2)),
+        ("case-1", "n-new", Some(0)),
+        ("case-1", "n-event", None),
+        ("case-1", "n-other", None),
+        ("case-9", "n-reopen", None),
+    ] {
+        assert_eq!(
+            db.case_round_announced_by("etatcivil", case, nid)
+                .await
+                .unwrap(),
+            want,
+            "{case} {nid}"
+        );
+    }
+    assert_eq!(
+        db.case_round_announced_by("certdc", "case-1", "n-reopen")
+            .await
+            .unwrap(),
+        None
+    );
+
     // Sequences grow per subscription.
     let a = db.next_sequence("certdc").await.unwrap();
     let b = db.next_sequence("certdc").await.unwrap();

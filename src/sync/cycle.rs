@@ -187,7 +187,7 @@ impl ItemError {
     /// Failures that concern the whole subscription, not this item: stop the cycle.
     fn stops_cycle(&self) -> bool {
         match self {
-            ItemError::Hub { source, .. } => source.is_auth(),
+            ItemError::Hub { source, .. } => source.is_auth() || source.is_fenced(),
             ItemError::Spool(_) | ItemError::State(_) | ItemError::Database(_) => true,
             ItemError::Download(d) => d.is_local(),
             _ => false,
@@ -608,6 +608,9 @@ async fn run_step(
                 Err(e) => {
                     fail(report, &nid, Some(&item.case_id), &e);
                     out.failed.push(nid);
+                    if e.stops_cycle() {
+                        out.stop = Some(e.to_string());
+                    }
                 }
             }
         }
@@ -616,7 +619,14 @@ async fn run_step(
                 "stop requested during a download: nothing published or acknowledged for it");
             out.cancelled = true;
         }
-        Err(e) if hand_back && e.stops_cycle() && !matches!(e, ItemError::Hub { .. }) => {
+        Err(e)
+            if hand_back
+                && e.stops_cycle()
+                && !matches!(
+                    e,
+                    ItemError::Hub { .. } | ItemError::State(StateError::LeaseLost { .. })
+                ) =>
+        {
             tracing::debug!(subscription = %ctx.name, notification_id = %nid, error = %e,
                 "local failure while cases ran side by side; tried again alone");
             return Some(Step {
