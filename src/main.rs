@@ -117,6 +117,7 @@ fn main() -> ExitCode {
         }
     };
     init_logging(cli.log_format);
+    bound_freed_memory();
     let path = cli.config.unwrap_or_else(hubee_sync::config::default_path);
     if let Command::Validate = cli.command {
         return app::validate(&path);
@@ -161,4 +162,17 @@ fn main() -> ExitCode {
     // Work cut by a second stop signal or the drain bound must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
     code
+}
+
+/// Buffers of 256 KiB and more (a file's write buffer) are mapped for themselves and given
+/// back to the system when freed. By default glibc raises this threshold as such buffers
+/// are freed and then keeps them in the heaps of the threads that freed them: with files
+/// downloaded side by side, peak RSS grew by about 7 MiB (BENCHMARKS.md, issue 10).
+fn bound_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes an allocator setting; called before the runtime starts
+    // any thread.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
 }
