@@ -85,7 +85,13 @@ pub fn subscription_ctx(
         name: sub.name.clone(),
         process_code: sub.process_code.clone(),
         receipt_status: sub.receipt_status,
-        session: client.session(&sub.client_id, secret.expose()),
+        session: match state.cluster() {
+            // Several nodes: every change on the hub first checks this node's lease.
+            Some(cluster) => client
+                .session(&sub.client_id, secret.expose())
+                .with_fence(cluster.fence(&sub.name)),
+            None => client.session(&sub.client_id, secret.expose()),
+        },
         spool,
         state: state.clone(),
         max_parallel_downloads: settings.hub.max_parallel_downloads,
@@ -192,6 +198,34 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
         Ok(both) => both,
         Err(code) => return code,
     };
+    // Several nodes on PostgreSQL: `once` works a subscription only under its lease, taken
+    // here if free (a running node's are refused, naming the node), renewed while it runs.
+    let (lease_stop, lease_shutdown) = Shutdown::new();
+    let mut lease_task = None;
+    let state = if state.is_postgres() {
+        let cluster = crate::cluster::Cluster::new(
+            &settings.state.node_name,
+            settings.state.lease_ttl,
+            false,
+        );
+        let state = state.with_cluster(cluster.clone());
+        let names: Vec<String> = chosen.iter().map(|s| s.name.clone()).collect();
+        if let Err(e) = cluster.round(&state, &names).await {
+            eprintln!("{e}");
+            state.close().await;
+            return ExitCode::from(EXIT_FAILURE);
+        }
+        lease_task = Some(crate::cluster::spawn_manager(
+            cluster,
+            state.clone(),
+            move || names.clone(),
+            || {},
+            lease_shutdown,
+        ));
+        state
+    } else {
+        state
+    };
     let holder = holder_description("once");
     let mut all_ok = true;
     let mut ctxs = Vec::new();
@@ -238,6 +272,13 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
         print_report(r);
         print_outbox_report(o);
         all_ok &= r.ok() && o.ok();
+    }
+    lease_stop.send_replace(true);
+    if let Some(t) = lease_task {
+        let _ = t.await;
+    }
+    if let Some(cluster) = state.cluster() {
+        cluster.leave(&state).await;
     }
     state.close().await;
     ExitCode::from(if all_ok { EXIT_OK } else { EXIT_FAILURE })
@@ -337,7 +378,9 @@ pub async fn status(settings: Settings, json: bool) -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let view = state.cluster_view().await.unwrap_or_default();
     state.close().await;
+    let ttl_ms = i64::try_from(settings.state.lease_ttl.as_millis()).unwrap_or(i64::MAX);
     let now = chrono::Utc::now();
     let mut healthy = true;
     let mut out = Vec::new();
@@ -379,6 +422,31 @@ pub async fn status(settings: Settings, json: bool) -> ExitCode {
     } else if out.is_empty() {
         println!("aucun abonnement configuré ({})", settings.source.display());
     } else {
+        if !view.nodes.is_empty() {
+            let nodes: Vec<String> = view
+                .nodes
+                .iter()
+                .map(|n| {
+                    let age = view.now_ms - n.heartbeat_at_ms;
+                    let held = rows
+                        .iter()
+                        .filter(|r| r.node.as_deref() == Some(n.node.as_str()))
+                        .count();
+                    format!(
+                        "{} (pid {}, {} abonnement(s), {})",
+                        n.node,
+                        n.pid,
+                        held,
+                        if age < ttl_ms {
+                            format!("vivant, signe de vie il y a {} s", age / 1000)
+                        } else {
+                            format!("muet depuis {} s", age / 1000)
+                        }
+                    )
+                })
+                .collect();
+            println!("nœuds: {}", nodes.join("; "));
+        }
         for (row, overdue, failing) in &out {
             let health = if *failing {
                 "EN ÉCHEC"
@@ -403,6 +471,14 @@ pub async fn status(settings: Settings, json: bool) -> ExitCode {
             );
             if let Some(e) = &row.last_error {
                 println!("  dernière erreur: {e}");
+            }
+            if let Some(n) = &row.node {
+                println!(
+                    "  nœud: {n} depuis {} (bail n°{}, jusqu'à {} sauf renouvellement)",
+                    row.node_since.as_deref().unwrap_or("?"),
+                    row.lease_epoch.unwrap_or(0),
+                    row.lease_expires_at.as_deref().unwrap_or("?")
+                );
             }
             if let Some(h) = &row.holder {
                 println!("  tenu par: {h}");

@@ -29,6 +29,56 @@ pub mod id {
     pub const UNPARKED: &str = "16c57a9ad1114e2d95800a80f981d4b2";
     /// A cycle ended (counts).
     pub const CYCLE_DONE: &str = "dd54c50d635f4aa7acb0dded189c24e6";
+    /// This node took a subscription's lease (several nodes on one PostgreSQL).
+    pub const LEASE_TAKEN: &str = "0b7d1f0c7e2a4a4f9d1f3c55a8e2b611";
+    /// This node lost a subscription's lease (taken over by another node after it expired).
+    pub const LEASE_LOST: &str = "8f1e6c4a2d9b47e3a5c0b7d2e9f4a312";
+    /// This node gave a lease back (fair share, or a clean stop).
+    pub const LEASE_RELEASED: &str = "c3a9e5d1b7f24c68a0e4d2b6f8a1c935";
+}
+
+/// `waited_ms`: how long the lease had been expired when it was taken over (`None`: it
+/// was free or given back).
+pub fn lease_taken(sub: &str, node: &str, epoch: i64, from: Option<&str>, waited_ms: Option<i64>) {
+    match (from, waited_ms) {
+        (Some(from), Some(waited)) => tracing::warn!(
+            message_id = %id::LEASE_TAKEN,
+            subscription = %sub,
+            node = %node,
+            epoch,
+            previous_node = %from,
+            expired_for_ms = waited,
+            "this node took over the subscription: the previous holder's lease had expired"
+        ),
+        _ => tracing::info!(
+            message_id = %id::LEASE_TAKEN,
+            subscription = %sub,
+            node = %node,
+            epoch,
+            "this node now holds the subscription"
+        ),
+    }
+}
+
+pub fn lease_lost(sub: &str, node: &str, epoch: i64, why: &str) {
+    tracing::warn!(
+        message_id = %id::LEASE_LOST,
+        subscription = %sub,
+        node = %node,
+        epoch,
+        why = %why,
+        "this node lost the subscription's lease: it changes nothing more on the hub for it"
+    );
+}
+
+pub fn lease_released(sub: &str, node: &str, epoch: i64) {
+    tracing::info!(
+        message_id = %id::LEASE_RELEASED,
+        subscription = %sub,
+        node = %node,
+        epoch,
+        "this node gave the subscription back (another node takes it)"
+    );
 }
 
 pub fn published(sub: &str, case_id: &str, external_id: &str, event_id: &str, entry: &str) {

@@ -9,10 +9,12 @@
 //! - [`email`]: digests of what arrived and alerts when a subscription stops working.
 //! - [`outbox`]: replies from the legacy software (`outbox/new/`), applied on the hub exactly
 //!   once, then moved to `sent/` or `failed/`.
+//! - [`cluster`]: several nodes on one PostgreSQL: leases per subscription, the fence.
 //! - [`daemon`]: `run`: every subscription on its schedule (Europe/Paris), bounded
 //!   concurrency, signals, drain.
 
 pub mod app;
+pub mod cluster;
 pub mod config;
 pub mod crashpoint;
 pub mod daemon;

@@ -26,6 +26,8 @@ pub(crate) mod defaults {
     pub const RETRY_MAX_DELAY: &str = "60s";
     pub const DOWNLOAD_ATTEMPTS: i64 = 3;
     pub const STATE_URL: &str = "sqlite:///var/lib/hubee-sync/state.db";
+    /// How long a node's hold on a subscription lasts without renewal (issue 11).
+    pub const LEASE_TTL: &str = "30s";
     pub const DIGEST_SCHEDULE: &str = "0 0 8 * * Mon-Fri";
     pub const ALERT_AFTER: &str = "1h";
     pub const ALERT_EVERY: &str = "6h";
@@ -46,6 +48,9 @@ pub(crate) struct Inputs {
     pub dir: PathBuf,
     pub hub: HubInputs,
     pub state_url: String,
+    /// `[state] node_name`; `None`: the host name.
+    pub node_name: Option<String>,
+    pub lease_ttl: String,
     pub email: Option<EmailInputs>,
     pub subscriptions: Vec<SubscriptionInputs>,
 }
@@ -129,12 +134,14 @@ pub(crate) fn read(path: &Path, errors: &mut Collector) -> Option<Inputs> {
         }
     }
 
+    let state = main.state.unwrap_or_default();
     Some(Inputs {
         hub: hub_inputs(main.hub.unwrap_or_default()),
-        state_url: main
-            .state
-            .and_then(|s| s.url)
-            .unwrap_or_else(|| defaults::STATE_URL.to_string()),
+        state_url: state.url.unwrap_or_else(|| defaults::STATE_URL.to_string()),
+        node_name: state.node_name,
+        lease_ttl: state
+            .lease_ttl
+            .unwrap_or_else(|| defaults::LEASE_TTL.to_string()),
         email: main.email.map(email_inputs),
         subscriptions,
         source,

@@ -29,7 +29,8 @@ pub use error::{ConfigError, ConfigErrors};
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretError, SecretSource};
 pub use settings::{
-    Delivery, EmailSettings, HubSettings, Settings, StateSettings, StateUrl, Subscription,
+    host_name, Delivery, EmailSettings, HubSettings, Settings, StateSettings, StateUrl,
+    Subscription,
 };
 pub use transliterate::to_ascii;
 

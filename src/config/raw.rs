@@ -50,6 +50,8 @@ pub struct RawHub {
 #[serde(deny_unknown_fields)]
 pub struct RawState {
     pub url: Option<String>,
+    pub node_name: Option<String>,
+    pub lease_ttl: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Deserialize)]
@@ -150,11 +152,15 @@ pub(crate) const HUB_KEYS: &[KeySpec] = &[
     key("download_attempts", "a whole number", "3"),
 ];
 
-pub(crate) const STATE_KEYS: &[KeySpec] = &[key(
-    "url",
-    "a database URL in quotes",
-    r#""sqlite:///var/lib/hubee-sync/state.db""#,
-)];
+pub(crate) const STATE_KEYS: &[KeySpec] = &[
+    key(
+        "url",
+        "a database URL in quotes",
+        r#""sqlite:///var/lib/hubee-sync/state.db""#,
+    ),
+    key("node_name", "a name in quotes", r#""hubee-1""#),
+    key("lease_ttl", DURATION, r#""30s""#),
+];
 
 pub(crate) const EMAIL_KEYS: &[KeySpec] = &[
     key("smtp_url", "a URL in quotes", r#""smtp://127.0.0.1:25""#),

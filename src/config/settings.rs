@@ -120,6 +120,34 @@ impl fmt::Debug for HubSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StateSettings {
     pub url: StateUrl,
+    /// This node's name among the nodes sharing a PostgreSQL state database (issue 11):
+    /// `[state] node_name`, else the host name. `[A-Za-z0-9._-]`, at most 64 characters.
+    pub node_name: String,
+    /// How long a node's hold on a subscription lasts without renewal: a dead node's
+    /// subscriptions are taken over by the others after at most this long.
+    pub lease_ttl: Duration,
+}
+
+/// The shortest `lease_ttl` accepted: renewals run every third of it, and a renewal is one
+/// short query, so 2 s still leaves room (tests use it; production keeps the 30 s default).
+pub const MIN_LEASE_TTL: Duration = Duration::from_secs(2);
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(600);
+
+/// The host name, the default node name (`localhost` if it cannot be read).
+pub fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn valid_node_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +254,40 @@ pub(crate) fn validate(inputs: Inputs, env: &Env, errors: &mut Collector) -> Opt
             None
         }
     };
+    let node_name = match &inputs.node_name {
+        Some(n) if valid_node_name(n) => Some(n.clone()),
+        Some(n) => {
+            errors.push(
+                &main,
+                "state.node_name",
+                format!("{n:?} is not a node name"),
+                "write 1 to 64 characters among letters, digits, '.', '_' and '-', unique among the nodes (e.g. \"hubee-1\")",
+            );
+            None
+        }
+        None => {
+            let host = host_name();
+            // A host name with other characters is cut down to the allowed ones.
+            let cleaned: String = host
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+                .take(64)
+                .collect();
+            Some(if cleaned.is_empty() {
+                "localhost".into()
+            } else {
+                cleaned
+            })
+        }
+    };
+    let lease_ttl = duration(
+        &inputs.lease_ttl,
+        &main,
+        "state.lease_ttl",
+        MIN_LEASE_TTL,
+        MAX_LEASE_TTL,
+        errors,
+    );
     let email = match &inputs.email {
         Some(e) => validate_email(e, &main, &inputs.dir, errors).map(Some),
         None => Some(None),
@@ -260,7 +322,11 @@ pub(crate) fn validate(inputs: Inputs, env: &Env, errors: &mut Collector) -> Opt
     Some(Settings {
         source: inputs.source,
         hub: hub?,
-        state: StateSettings { url: state? },
+        state: StateSettings {
+            url: state?,
+            node_name: node_name?,
+            lease_ttl: lease_ttl?,
+        },
         email: email?,
         subscriptions,
     })

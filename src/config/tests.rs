@@ -976,3 +976,43 @@ fn default_path_prefers_the_environment() {
         PathBuf::from("/tmp/x.toml")
     );
 }
+
+#[test]
+fn node_name_defaults_to_the_host_name_and_lease_ttl_to_30s() {
+    let f = Fixture::new();
+    let path = f.config("[state]\nurl = \"postgres://db.example/hubee\"\n");
+    let s = f.load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let host: String = host_name()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(64)
+        .collect();
+    assert_eq!(s.state.node_name, host);
+    assert_eq!(s.state.lease_ttl, Duration::from_secs(30));
+}
+
+#[test]
+fn node_name_and_lease_ttl_are_read() {
+    let f = Fixture::new();
+    let path = f.config(
+        "[state]\nurl = \"postgres://db.example/hubee\"\nnode_name = \"hubee-2.dc1\"\nlease_ttl = \"2s\"\n",
+    );
+    let s = f.load(&path).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(s.state.node_name, "hubee-2.dc1");
+    assert_eq!(s.state.lease_ttl, Duration::from_secs(2));
+}
+
+#[test]
+fn bad_node_name_and_too_short_lease_ttl_are_both_reported() {
+    let f = Fixture::new();
+    let path = f.config(
+        "[state]\nurl = \"postgres://db.example/hubee\"\nnode_name = \"node one/two\"\nlease_ttl = \"500ms\"\n",
+    );
+    let errors = f.errors(&path);
+    assert_has(
+        &errors,
+        "state.node_name: \"node one/two\" is not a node name",
+    );
+    assert_has(&errors, "state.lease_ttl: \"500ms\" is outside 2s to 10m");
+    assert_eq!(errors.len(), 2, "{}", errors.join("\n"));
+}

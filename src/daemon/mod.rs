@@ -80,8 +80,20 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         }
     };
     check_spools(&settings);
+    // Several nodes on PostgreSQL: leases; SQLite: this node alone (issue 11).
+    let (manager_stop, manager_shutdown) = Shutdown::new();
+    let state = match join_cluster(&settings, state, manager_shutdown.clone()).await {
+        Ok(s) => s,
+        Err((state, e)) => {
+            eprintln!("{e}");
+            eprintln!("hubee-sync run: not started; nothing was received or acknowledged");
+            state.close().await;
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
 
     let board = Arc::new(Board::default());
+    board.set_cluster(state.cluster().cloned());
     // Email (digests, alerts): its own tasks; each cycle's end pokes the alert check.
     let cycle_done = Arc::new(Notify::new());
     let mut fleet = Fleet {
@@ -98,6 +110,17 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         cycle_done: cycle_done.clone(),
         outbox_stop: None,
     };
+    let manager = state.cluster().map(|cluster| {
+        let shared = fleet.shared.clone();
+        let (board, notifier) = (board.clone(), notifier.clone());
+        crate::cluster::spawn_manager(
+            cluster.clone(),
+            state.clone(),
+            move || units_of(&current_settings(&shared)),
+            move || notifier.status(&board.line()),
+            manager_shutdown.clone(),
+        )
+    });
     fleet.start(timings);
     let settings = fleet.settings();
     tracing::info!(
@@ -146,6 +169,18 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         outbox.abort();
     }
     notifier.stopping();
+    manager_stop.send_replace(true);
+    if let Some(m) = manager {
+        let _ = m.await;
+    }
+    if let Some(cluster) = state.cluster() {
+        // Whatever the ending, nothing of ours runs any more: the others take over at once.
+        cluster.leave(&state).await;
+    } else {
+        state
+            .forget_node(&settings.state.node_name, &sqlite_instance())
+            .await;
+    }
     match ending {
         Ending::Aborted => ExitCode::from(EXIT_FAILURE),
         Ending::Drained | Ending::TimedOut => {
@@ -157,6 +192,102 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             ExitCode::from(EXIT_OK)
         }
     }
+}
+
+fn current_settings(shared: &RwLock<Arc<Settings>>) -> Arc<Settings> {
+    shared
+        .read()
+        .map(|s| s.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
+/// What the nodes share out: every subscription, and the mail (digests, alerts) when
+/// `[email]` is configured.
+fn units_of(settings: &Settings) -> Vec<String> {
+    let mut units: Vec<String> = settings
+        .subscriptions
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    if settings.email.is_some() {
+        units.push(crate::cluster::MAIL_UNIT.to_string());
+    }
+    units
+}
+
+/// This process's identity in `hubee_sync_node` when the state is SQLite.
+fn sqlite_instance() -> String {
+    format!("pid {}", std::process::id())
+}
+
+/// PostgreSQL: this node joins the others (a node name used by a live process is refused)
+/// and takes its first share of the leases before any cycle starts. SQLite: refuses to
+/// start if another node (another node name) used the same file within `lease_ttl`, then
+/// heartbeats so that a second node is refused in turn.
+async fn join_cluster(
+    settings: &Settings,
+    state: StateDb,
+    stop: Shutdown,
+) -> Result<StateDb, (StateDb, String)> {
+    let node = settings.state.node_name.clone();
+    let ttl = settings.state.lease_ttl;
+    let ttl_ms = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    if state.is_postgres() {
+        let cluster = crate::cluster::Cluster::new(&node, ttl, true);
+        if let Err(e) = cluster.join(&state).await {
+            return Err((state, e));
+        }
+        let state = state.with_cluster(cluster.clone());
+        if let Err(e) = cluster.round(&state, &units_of(settings)).await {
+            tracing::error!(node = %node, error = %e, "leases: the first round failed; retried in a moment");
+        }
+        tracing::info!(node = %node, instance = %cluster.instance(), lease_ttl = ?ttl,
+            held = %cluster.held().iter().map(|(u, _, _)| u.as_str()).collect::<Vec<_>>().join(", "),
+            "this node shares the subscriptions with the other nodes of the PostgreSQL state database");
+        return Ok(state);
+    }
+    let view = match state.cluster_view().await {
+        Ok(v) => v,
+        Err(e) => return Err((state, e.to_string())),
+    };
+    if let Some(other) = view
+        .nodes
+        .iter()
+        .find(|n| n.node != node && view.now_ms - n.heartbeat_at_ms < ttl_ms)
+    {
+        let e = format!(
+            "the SQLite state database {} is already used by node {:?} (pid {}, last heartbeat {} s ago), and this node is {node:?}: SQLite serves a single node; to run several nodes, put the state in PostgreSQL ([state] url = \"postgres://…\"), or stop the other node",
+            state.place(),
+            other.node,
+            other.pid,
+            (view.now_ms - other.heartbeat_at_ms) / 1000
+        );
+        return Err((state, e));
+    }
+    let pid = i64::from(std::process::id());
+    let started = crate::state::now_ms();
+    if let Err(e) = state
+        .heartbeat(&node, &sqlite_instance(), pid, started, ttl_ms)
+        .await
+    {
+        return Err((state, e.to_string()));
+    }
+    let hb = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.requested() => return,
+                _ = tokio::time::sleep(ttl / 3) => {}
+            }
+            if let Err(e) = hb
+                .heartbeat(&node, &sqlite_instance(), pid, started, ttl_ms)
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record this node's heartbeat");
+            }
+        }
+    });
+    Ok(state)
 }
 
 fn timings_of(settings: &Settings) -> Result<Vec<Timing>, String> {
@@ -192,6 +323,8 @@ fn check_spools(settings: &Settings) {
 #[derive(Default)]
 pub struct Board {
     inner: std::sync::Mutex<BoardInner>,
+    /// Several nodes: which subscriptions this node holds, for the line.
+    cluster: std::sync::Mutex<Option<Arc<crate::cluster::Cluster>>>,
 }
 
 #[derive(Default)]
@@ -205,6 +338,10 @@ struct BoardInner {
 impl Board {
     fn lock(&self) -> std::sync::MutexGuard<'_, BoardInner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn set_cluster(&self, cluster: Option<Arc<crate::cluster::Cluster>>) {
+        *self.cluster.lock().unwrap_or_else(|p| p.into_inner()) = cluster;
     }
 
     pub fn set_subscriptions(&self, names: impl Iterator<Item = String>) {
@@ -237,12 +374,35 @@ impl Board {
             .map(|t| t.with_timezone(&schedule::ZONE).format("%H:%M").to_string())
             .unwrap_or_else(|| "aucun".into());
         let errors = b.subs.values().filter(|f| **f).count();
-        format!(
+        let line = format!(
             "{n} abonnement{}, dernier passage {last}, {} reçu{}, {errors} en erreur",
             if n > 1 { "s" } else { "" },
             b.received,
             if b.received > 1 { "s" } else { "" },
-        )
+        );
+        let cluster = self.cluster.lock().unwrap_or_else(|p| p.into_inner());
+        match cluster.as_ref() {
+            Some(c) => {
+                let held: Vec<String> = c
+                    .held()
+                    .into_iter()
+                    .map(|(u, _, _)| u)
+                    .filter(|u| b.subs.contains_key(u))
+                    .collect();
+                format!(
+                    "{line}; nœud {} : {} tenu{} ({})",
+                    c.node(),
+                    held.len(),
+                    if held.len() > 1 { "s" } else { "" },
+                    if held.is_empty() {
+                        "aucun".to_string()
+                    } else {
+                        held.join(", ")
+                    }
+                )
+            }
+            None => line,
+        }
     }
 }
 
@@ -300,12 +460,13 @@ impl Fleet {
             ctx: None,
             cycle_done: self.cycle_done.clone(),
         };
-        let task = Task::spawn(
+        let task = Task::spawn_woken(
             sub.name.clone(),
             timing,
             self.permits.clone(),
             (stop, shutdown),
             work,
+            self.state.cluster().map(|c| c.waker(&sub.name)),
         );
         self.tasks.push((sub.clone(), task));
     }
@@ -555,6 +716,14 @@ impl Cycle for SubscriptionWork {
 
 impl SubscriptionWork {
     async fn cycle(&mut self) {
+        if let Some(cluster) = self.state.cluster() {
+            if !cluster.holds(&self.name) {
+                // Another node's (or nobody's yet): this node's lease manager wakes this
+                // task when it takes the subscription.
+                tracing::debug!(subscription = %self.name, "held by another node: no cycle here");
+                return;
+            }
+        }
         let generation = self.generation.load(Ordering::SeqCst);
         if self.ctx.is_none() || self.built_for != generation {
             let settings = self

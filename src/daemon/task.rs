@@ -51,8 +51,21 @@ impl Task {
         name: String,
         timing: Timing,
         permits: Arc<Semaphore>,
+        pair: (watch::Sender<bool>, Shutdown),
+        cycle: impl Cycle,
+    ) -> Task {
+        Task::spawn_woken(name, timing, permits, pair, cycle, None)
+    }
+
+    /// As [`Task::spawn`]; `wake` also starts a cycle at once (several nodes: this node
+    /// just took the subscription's lease).
+    pub fn spawn_woken(
+        name: String,
+        timing: Timing,
+        permits: Arc<Semaphore>,
         (stop, shutdown): (watch::Sender<bool>, Shutdown),
         cycle: impl Cycle,
+        wake: Option<Arc<tokio::sync::Notify>>,
     ) -> Task {
         let running = Arc::new(AtomicBool::new(false));
         let (retire, retired) = watch::channel(false);
@@ -63,6 +76,7 @@ impl Task {
             Shutdown::merge(&shutdown, retired),
             running.clone(),
             cycle,
+            wake,
         ));
         Task {
             name,
@@ -115,7 +129,14 @@ async fn schedule_loop(
     stop: Shutdown,
     running: Arc<AtomicBool>,
     mut cycle: impl Cycle,
+    wake: Option<Arc<tokio::sync::Notify>>,
 ) {
+    let woken = || async {
+        match &wake {
+            Some(w) => w.notified().await,
+            None => std::future::pending::<()>().await,
+        }
+    };
     loop {
         let permit = tokio::select! {
             biased;
@@ -140,6 +161,7 @@ async fn schedule_loop(
                 tokio::select! {
                     _ = stop.requested() => return,
                     _ = tokio::time::sleep(*d) => {}
+                    _ = woken() => {}
                 }
             }
             Timing::Cron(c) => {
@@ -153,6 +175,7 @@ async fn schedule_loop(
                 tokio::select! {
                     _ = stop.requested() => return,
                     _ = sleep_until_wall(at) => {}
+                    _ = woken() => {}
                 }
             }
         }

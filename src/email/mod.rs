@@ -500,6 +500,13 @@ pub fn spawn(
     Some(MailTasks { stop: tx, handles })
 }
 
+/// Several nodes: one of them, the holder of the mail lease, sends digests and alerts.
+fn sends_mail(state: &StateDb) -> bool {
+    state
+        .cluster()
+        .is_none_or(|c| c.holds(crate::cluster::MAIL_UNIT))
+}
+
 async fn digest_loop(
     settings: Arc<Settings>,
     email: EmailSettings,
@@ -516,6 +523,10 @@ async fn digest_loop(
         tokio::select! {
             _ = stop.requested() => return,
             _ = crate::daemon::task::sleep_until_wall(at) => {}
+        }
+        if !sends_mail(&state) {
+            tracing::info!("digest time: another node holds the mail and sends the digests");
+            continue;
         }
         send_all_digests(&settings, &email, &state, &mailer, DIGEST_ATTEMPTS, &stop).await;
     }
@@ -534,6 +545,9 @@ async fn alert_loop(
             _ = stop.requested() => return,
             _ = cycle_done.notified() => {}
             _ = tokio::time::sleep(ALERT_CHECK_EVERY) => {}
+        }
+        if !sends_mail(&state) {
+            continue; // another node evaluates and sends the alerts
         }
         if let Err(e) = evaluate_alerts(&settings, &email, &state, &mailer).await {
             tracing::error!(error = %e, "cannot evaluate subscription alerts; tried again at the next check");

@@ -120,9 +120,16 @@ impl HubClient {
             client_id: client_id.to_string(),
             client_secret: client_secret.to_string(),
             token: Arc::new(Mutex::new(None)),
+            fence: None,
         }
     }
 }
+
+/// Says whether this process may still change something on the hub for a subscription
+/// (several nodes, issue 11: the hub has no lease, so we fence ourselves). `Err` says why
+/// not. Called right before every request that changes something (PATCH, POST, PUT,
+/// DELETE), each retry included.
+pub type Fence = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 
 struct Token {
     value: String,
@@ -137,6 +144,8 @@ pub struct HubSession {
     /// Never logged, never in an error.
     client_secret: String,
     token: Arc<Mutex<Option<Token>>>,
+    /// Checked before every request that changes something on the hub.
+    fence: Option<Fence>,
 }
 
 impl std::fmt::Debug for HubSession {
@@ -231,6 +240,12 @@ fn retry_after(resp: &Response) -> Option<Duration> {
 impl HubSession {
     pub fn client_id(&self) -> &str {
         &self.client_id
+    }
+
+    /// This session, whose changing requests are first checked by `fence`.
+    pub fn with_fence(mut self, fence: Fence) -> HubSession {
+        self.fence = Some(fence);
+        self
     }
 
     fn url(&self, path: &str) -> Url {
@@ -410,6 +425,15 @@ impl HubSession {
                 .request(method.clone(), url.clone())
                 .bearer_auth(&token);
             let req = build(self.identify(req));
+            if method != Method::GET {
+                // As late as possible: nothing but the send comes after the check.
+                if let Some(fence) = &self.fence {
+                    fence().map_err(|why| HubError::Fenced {
+                        op: op.clone(),
+                        detail: why,
+                    })?;
+                }
+            }
             let (err, wait) = match req.send().await {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {

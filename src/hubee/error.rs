@@ -32,6 +32,10 @@ pub enum HubError {
     #[error("{op} returned a body that is not the expected JSON: {detail}")]
     Decode { op: Op, detail: String },
 
+    /// Not sent: this process no longer holds the subscription's lease (several nodes).
+    #[error("{op} not sent: {detail}")]
+    Fenced { op: Op, detail: String },
+
     /// Local set-up of the HTTP client (CA file, proxy) failed.
     #[error("cannot set up the HTTP client: {0}")]
     Setup(String),
@@ -70,6 +74,11 @@ impl HubError {
 
     pub fn is_auth(&self) -> bool {
         matches!(self, HubError::AuthRefused { .. })
+    }
+
+    /// Refused by our own fence: the subscription is another node's now.
+    pub fn is_fenced(&self) -> bool {
+        matches!(self, HubError::Fenced { .. })
     }
 }
 

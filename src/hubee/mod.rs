@@ -6,5 +6,5 @@ pub mod error;
 pub mod model;
 pub mod status;
 
-pub use client::{Download, HubClient, HubConfig, HubSession, RetryPolicy};
+pub use client::{Download, Fence, HubClient, HubConfig, HubSession, RetryPolicy};
 pub use error::HubError;

@@ -104,7 +104,7 @@ impl From<StateError> for Stop {
 fn transient(doing: &str, e: &HubError) -> Stop {
     Stop::Retry(
         format!("{doing}: {e}"),
-        e.is_auth() || e.status() == Some(401),
+        e.is_auth() || e.status() == Some(401) || e.is_fenced(),
     )
 }
 

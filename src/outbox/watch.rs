@@ -199,6 +199,11 @@ async fn service(inputs: ServiceInputs, stop: Shutdown) {
         }
         let mut runnable = Vec::new();
         for name in due {
+            if let Some(cluster) = inputs.state.cluster() {
+                if !cluster.holds(&name) {
+                    continue; // another node's replies (several nodes on one PostgreSQL)
+                }
+            }
             let Some(sub) = settings.subscriptions.iter().find(|s| s.name == name) else {
                 continue;
             };

@@ -36,6 +36,8 @@ pub struct SubscriptionLock {
 
 enum Inner {
     File(#[allow(dead_code)] File),
+    /// Under a cluster: the lease's working guard (the cycle's epoch; dropped at the end).
+    Lease(#[allow(dead_code)] crate::cluster::WorkGuard),
     Advisory(Option<sqlx::pool::PoolConnection<sqlx::Any>>, i64),
 }
 
@@ -81,6 +83,21 @@ impl SubscriptionLock {
         Ok(SubscriptionLock {
             inner: Inner::File(file),
         })
+    }
+
+    pub(super) fn lease(
+        cluster: &std::sync::Arc<crate::cluster::Cluster>,
+        subscription: &str,
+    ) -> Result<Self, LockError> {
+        match cluster.begin_work(subscription) {
+            Ok(guard) => Ok(SubscriptionLock {
+                inner: Inner::Lease(guard),
+            }),
+            Err(holder) => Err(LockError::Held {
+                subscription: subscription.to_string(),
+                holder,
+            }),
+        }
     }
 
     pub(super) async fn advisory(

@@ -5,17 +5,22 @@
 //! bookkeeping never clashes with an application's own sqlx migrations.
 
 mod digest;
+pub mod lease;
 mod lock;
 pub mod outbox;
 mod schema;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use crate::cluster::Cluster;
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
 
 pub use digest::{AlertRecord, DigestCursor, OpenWork, SubscriptionHealth};
+pub use lease::{ClusterView, LeaseRow, NodeRow};
 pub use lock::{LockError, SubscriptionLock};
 
 /// Where the state database lives.
@@ -62,6 +67,10 @@ pub enum StateError {
         found: i64,
         known: i64,
     },
+    /// Several nodes (issue 11): this process no longer holds the subscription's lease, so
+    /// it records nothing more for it.
+    #[error("this node ({node}) no longer holds the lease of subscription {subscription}: nothing more is recorded or acknowledged for it by this process; another node took it over after the lease expired (this process was paused, or cut off from the database, for longer than [state] lease_ttl) and carries on")]
+    LeaseLost { subscription: String, node: String },
     #[error("state database query failed while {doing}: {source}; check that the database at {place} is reachable, not full and writable")]
     Query {
         doing: &'static str,
@@ -153,6 +162,12 @@ pub struct SubscriptionStatus {
     pub outbox_sent: i64,
     pub outbox_failed: i64,
     pub holder: Option<String>,
+    /// Several nodes: the node holding the subscription's lease (unexpired), since when,
+    /// with which epoch (grows at each takeover), and until when unless renewed.
+    pub node: Option<String>,
+    pub node_since: Option<String>,
+    pub lease_epoch: Option<i64>,
+    pub lease_expires_at: Option<String>,
 }
 
 /// One item that failed: how often (in distinct cycles), since when, and why.
@@ -211,6 +226,45 @@ pub struct Parked {
     pub failure: Failure,
 }
 
+/// Where a subscription's progress is written: a transaction that checked the lease
+/// (several nodes), or a plain connection.
+pub(crate) enum Write {
+    /// A transaction (that checked the lease, under a cluster).
+    Fenced(sqlx::Transaction<'static, sqlx::Any>),
+    Plain(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl std::ops::Deref for Write {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match self {
+            Write::Fenced(tx) => tx,
+            Write::Plain(c) => c,
+        }
+    }
+}
+
+impl std::ops::DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            Write::Fenced(tx) => &mut *tx,
+            Write::Plain(c) => &mut *c,
+        }
+    }
+}
+
+impl Write {
+    pub(crate) async fn commit(self) -> Result<(), sqlx::Error> {
+        match self {
+            Write::Fenced(tx) => tx.commit().await,
+            Write::Plain(_) => Ok(()),
+        }
+    }
+}
+
+/// See `StateDb::open`: PostgreSQL ends a transaction left idle this long.
+const IDLE_IN_TRANSACTION_TIMEOUT: &str = "SET idle_in_transaction_session_timeout = '1s'";
+
 pub fn now_ms() -> i64 {
     chrono::Utc::now().timestamp_millis()
 }
@@ -228,6 +282,9 @@ pub struct StateDb {
     place: String,
     /// For SQLite: where subscription lock files live (beside the database).
     lock_dir: Option<PathBuf>,
+    /// Several nodes on PostgreSQL: this process's leases. Then a subscription is worked
+    /// only under its lease, and progress is written only in a transaction that checks it.
+    cluster: Option<Arc<Cluster>>,
 }
 
 impl StateDb {
@@ -267,6 +324,13 @@ impl StateDb {
                         conn.execute("PRAGMA synchronous=FULL").await?;
                         conn.execute("PRAGMA busy_timeout=10000").await?;
                         conn.execute("PRAGMA foreign_keys=ON").await?;
+                    } else {
+                        // Our transactions are a few statements sent back to back. One left
+                        // open by a paused process (SIGSTOP, a frozen VM) would keep its row
+                        // locks — among them its lease's, blocking the takeover by another
+                        // node — for as long as the pause: the server ends it instead, and
+                        // its writes are rolled back (several nodes, issue 11).
+                        conn.execute(IDLE_IN_TRANSACTION_TIMEOUT).await?;
                     }
                     Ok(())
                 })
@@ -297,6 +361,7 @@ impl StateDb {
             pool,
             place,
             lock_dir,
+            cluster: None,
         };
         schema::migrate(&db).await?;
         Ok(db)
@@ -304,6 +369,85 @@ impl StateDb {
 
     pub fn place(&self) -> &str {
         &self.place
+    }
+
+    /// The same database, working under `cluster`'s leases (PostgreSQL only).
+    pub fn with_cluster(&self, cluster: Arc<Cluster>) -> StateDb {
+        StateDb {
+            cluster: Some(cluster),
+            ..self.clone()
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+        self.cluster.as_ref()
+    }
+
+    /// A transaction for a subscription's progress. Under a cluster, its first statement
+    /// checks (and share-locks until commit) the lease this process's current cycle holds:
+    /// a takeover waits for the commit, and a write after a takeover is refused.
+    /// Without a cluster: a plain connection, each statement its own transaction, as before.
+    async fn begin_write(&self, subscription: &str) -> Result<Write, StateError> {
+        self.begin_write_with(subscription, false).await
+    }
+
+    /// As [`StateDb::begin_write`], always in a transaction (several statements at once).
+    pub(crate) async fn begin_write_atomic(&self, subscription: &str) -> Result<Write, StateError> {
+        self.begin_write_with(subscription, true).await
+    }
+
+    async fn begin_write_with(
+        &self,
+        subscription: &str,
+        atomic: bool,
+    ) -> Result<Write, StateError> {
+        let Some(cluster) = &self.cluster else {
+            if atomic {
+                return self
+                    .pool
+                    .begin()
+                    .await
+                    .map(Write::Fenced)
+                    .map_err(self.q("starting a transaction"));
+            }
+            return self
+                .pool
+                .acquire()
+                .await
+                .map(Write::Plain)
+                .map_err(self.q("reaching the state database"));
+        };
+        let mut tx = self
+            .pool
+            .begin()
+            .await
+            .map_err(self.q("starting a transaction"))?;
+        {
+            let lost = || StateError::LeaseLost {
+                subscription: subscription.to_string(),
+                node: cluster.node().to_string(),
+            };
+            let epoch = cluster.working_epoch(subscription).ok_or_else(lost)?;
+            // FOR SHARE: writes of one subscription (its concurrent cases) do not wait for
+            // each other; a takeover's UPDATE waits for all of them.
+            let held = sqlx::query(&format!(
+                "SELECT epoch FROM hubee_sync_lease
+                 WHERE subscription = $1 AND holder_instance = $2 AND epoch = $3 AND expires_at > {}
+                 FOR SHARE",
+                self.now_sql()
+            ))
+            .bind(subscription)
+            .bind(cluster.instance())
+            .bind(epoch)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(self.q("checking the subscription's lease"))?;
+            if held.is_none() {
+                cluster.mark_lost(subscription, epoch);
+                return Err(lost());
+            }
+        }
+        Ok(Write::Fenced(tx))
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {
@@ -324,9 +468,12 @@ impl StateDb {
         subscription: &str,
         holder: &str,
     ) -> Result<SubscriptionLock, LockError> {
-        let guard = match &self.lock_dir {
-            Some(dir) => SubscriptionLock::file(dir, subscription, holder)?,
-            None => SubscriptionLock::advisory(&self.pool, subscription, holder).await?,
+        let guard = match (&self.lock_dir, &self.cluster) {
+            (Some(dir), _) => SubscriptionLock::file(dir, subscription, holder)?,
+            // Under a cluster the lease replaces the advisory lock: a session lock would
+            // outlive a paused process and block the takeover.
+            (None, Some(cluster)) => SubscriptionLock::lease(cluster, subscription)?,
+            (None, None) => SubscriptionLock::advisory(&self.pool, subscription, holder).await?,
         };
         let _ = sqlx::query(
             "INSERT INTO subscription_state (subscription, holder, held_since) VALUES ($1, $2, $3)
@@ -388,14 +535,18 @@ impl StateDb {
     /// The next `sequence` number for a subscription's spool.
     pub async fn next_sequence(&self, subscription: &str) -> Result<i64, StateError> {
         self.ensure_subscription(subscription).await?;
+        let mut tx = self.begin_write(subscription).await?;
         let row = sqlx::query(
             "UPDATE subscription_state SET spool_sequence = spool_sequence + 1
              WHERE subscription = $1 RETURNING spool_sequence",
         )
         .bind(subscription)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(self.q("allocating a spool sequence number"))?;
+        tx.commit()
+            .await
+            .map_err(self.q("allocating a spool sequence number"))?;
         row.try_get::<i64, _>(0)
             .map_err(self.q("allocating a spool sequence number"))
     }
@@ -413,6 +564,7 @@ impl StateDb {
 
     /// Records the intent to publish: the entry is sealed in `tmp_path`.
     pub async fn record_intent(&self, row: &DeliveryRow) -> Result<(), StateError> {
+        let mut tx = self.begin_write(&row.key.subscription).await?;
         let now = now_ms();
         sqlx::query(
             "INSERT INTO delivery (subscription, case_id, event_id, round, kind, external_id, entry_name,
@@ -434,14 +586,18 @@ impl StateDb {
         .bind(row.notification_id.clone())
         .bind(row.files_json.clone())
         .bind(now)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.q("recording a delivery intent"))?;
+        tx.commit()
+            .await
+            .map_err(self.q("recording a delivery intent"))?;
         Ok(())
     }
 
     /// Moves a delivery forward to `stage` (never backward).
     pub async fn advance(&self, key: &DeliveryKey, stage: Stage) -> Result<(), StateError> {
+        let mut tx = self.begin_write(&key.subscription).await?;
         let now = now_ms();
         let (published, acked) = match stage {
             Stage::Published => (Some(now), None),
@@ -462,9 +618,12 @@ impl StateDb {
         .bind(now)
         .bind(published)
         .bind(acked)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.q("recording delivery progress"))?;
+        tx.commit()
+            .await
+            .map_err(self.q("recording delivery progress"))?;
         Ok(())
     }
 
@@ -475,6 +634,7 @@ impl StateDb {
         from: &str,
         to: &str,
     ) -> Result<(), StateError> {
+        let mut tx = self.begin_write(&key.subscription).await?;
         sqlx::query(
             "UPDATE delivery SET stage = 'receipt_started', receipt_from = $5, receipt_to = $6, updated_at = $7
              WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
@@ -486,9 +646,12 @@ impl StateDb {
         .bind(from)
         .bind(to)
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.q("recording the receipt walk"))?;
+        tx.commit()
+            .await
+            .map_err(self.q("recording the receipt walk"))?;
         Ok(())
     }
 
@@ -498,6 +661,7 @@ impl StateDb {
         key: &DeliveryKey,
         event_id: Option<&str>,
     ) -> Result<(), StateError> {
+        let mut tx = self.begin_write(&key.subscription).await?;
         sqlx::query(
             "UPDATE delivery SET stage = 'receipt_done', receipt_event_id = $5, updated_at = $6
              WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
@@ -508,9 +672,10 @@ impl StateDb {
         .bind(key.round)
         .bind(event_id.map(str::to_string))
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.q("recording the receipt"))?;
+        tx.commit().await.map_err(self.q("recording the receipt"))?;
         Ok(())
     }
 
@@ -522,6 +687,7 @@ impl StateDb {
         item: &WorkItem,
         error: &str,
     ) -> Result<Failure, StateError> {
+        let mut tx = self.begin_write(subscription).await?;
         let now = now_ms();
         let row = sqlx::query(
             "INSERT INTO failure (subscription, item, case_id, external_id, attempts, first_at, last_at,
@@ -542,9 +708,10 @@ impl StateDb {
         .bind(&item.event_id)
         .bind(item.round)
         .bind(item.notification_id.clone())
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *tx)
         .await
         .map_err(self.q("recording a failure"))?;
+        tx.commit().await.map_err(self.q("recording a failure"))?;
         Ok(Failure {
             attempts: row.try_get(0).map_err(self.q("recording a failure"))?,
             first_at_ms: row.try_get(1).map_err(self.q("recording a failure"))?,
@@ -554,6 +721,7 @@ impl StateDb {
 
     /// Records an item as parked: owed work, whose notification may now be deleted.
     pub async fn park(&self, subscription: &str, item: &WorkItem) -> Result<(), StateError> {
+        let mut tx = self.begin_write(subscription).await?;
         sqlx::query(
             "UPDATE failure SET parked = 1, parked_at = COALESCE(parked_at, $3)
              WHERE subscription = $1 AND item = $2",
@@ -561,9 +729,10 @@ impl StateDb {
         .bind(subscription)
         .bind(item.key())
         .bind(now_ms())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.q("parking an item"))?;
+        tx.commit().await.map_err(self.q("parking an item"))?;
         Ok(())
     }
 
@@ -574,6 +743,7 @@ impl StateDb {
         item: &WorkItem,
         path: Option<&str>,
     ) -> Result<(), StateError> {
+        let mut tx = self.begin_write(subscription).await?;
         sqlx::query(
             "UPDATE failure SET quarantined = 1, quarantined_at = $3, quarantine_path = $4
              WHERE subscription = $1 AND item = $2",
@@ -582,9 +752,12 @@ impl StateDb {
         .bind(item.key())
         .bind(now_ms())
         .bind(path.map(str::to_string))
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.q("recording a quarantine"))?;
+        tx.commit()
+            .await
+            .map_err(self.q("recording a quarantine"))?;
         Ok(())
     }
 
@@ -734,14 +907,16 @@ impl StateDb {
         subscription: &str,
         item: &WorkItem,
     ) -> Result<(), StateError> {
+        let mut tx = self.begin_write(subscription).await?;
         sqlx::query(
             "DELETE FROM failure WHERE subscription = $1 AND item = $2 AND quarantined = 0",
         )
         .bind(subscription)
         .bind(item.key())
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await
         .map_err(self.q("clearing a failure"))?;
+        tx.commit().await.map_err(self.q("clearing a failure"))?;
         Ok(())
     }
 
@@ -777,6 +952,7 @@ impl StateDb {
         subscriptions: &[String],
     ) -> Result<Vec<SubscriptionStatus>, StateError> {
         let mut out = Vec::with_capacity(subscriptions.len());
+        let view = self.cluster_view().await?;
         for name in subscriptions {
             let s = sqlx::query(
                 "SELECT last_poll_at, last_outcome, last_error, last_success_at, consecutive_failures,
@@ -822,7 +998,19 @@ impl StateDb {
                 outbox_sent: 0,
                 outbox_failed: 0,
                 holder: None,
+                node: None,
+                node_since: None,
+                lease_epoch: None,
+                lease_expires_at: None,
             };
+            if let Some(l) = view.leases.iter().find(|l| &l.subscription == name) {
+                if l.holder.is_some() && l.expires_at_ms > view.now_ms {
+                    st.node = l.holder.clone();
+                    st.node_since = l.acquired_at_ms.map(ms_to_rfc3339);
+                    st.lease_epoch = Some(l.epoch);
+                    st.lease_expires_at = Some(ms_to_rfc3339(l.expires_at_ms));
+                }
+            }
             let outbox = self.outbox_counts(name).await?;
             st.outbox_pending = outbox.pending;
             st.outbox_sent = outbox.sent;

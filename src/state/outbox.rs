@@ -201,11 +201,7 @@ impl StateDb {
     /// reply put back into `outbox/new/` by a person starts again).
     pub async fn outbox_start(&self, row: &ReplyRow) -> Result<(), StateError> {
         let now = now_ms();
-        let mut tx = self
-            .pool()
-            .begin()
-            .await
-            .map_err(self.q("recording an outbox reply"))?;
+        let mut tx = self.begin_write_atomic(&row.key.subscription).await?;
         sqlx::query(
             "DELETE FROM outbox_reply WHERE subscription = $1 AND folder = $2 AND reply_sha256 = $3",
         )
@@ -241,6 +237,7 @@ impl StateDb {
 
     /// Writes a reply's progress (every mutable column) in one statement.
     pub async fn outbox_save(&self, row: &ReplyRow) -> Result<(), StateError> {
+        let mut tx = self.begin_write(&row.key.subscription).await?;
         sqlx::query(
             "UPDATE outbox_reply SET case_id = $4, external_id = $5, stage = $6, outcome = $7,
                 status_from = $8, status_to = $9, action_type = $10, event_id = $11,
@@ -266,9 +263,12 @@ impl StateDb {
         .bind(row.finished_at)
         .bind(row.moved_to.clone())
         .bind(now_ms())
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(self.q("recording an outbox reply's progress"))?;
+        tx.commit()
+            .await
+            .map_err(self.q("recording an outbox reply's progress"))?;
         Ok(())
     }
 

@@ -118,12 +118,66 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (subscription, folder, reply_sha256)
     );
     CREATE INDEX IF NOT EXISTS outbox_reply_stage ON outbox_reply (subscription, stage)",
+    // 6: several nodes on one PostgreSQL (src/state/lease.rs, src/cluster): the live nodes,
+    // and which node holds which subscription until when. Times are the database server's
+    // clock in ms, never a node's. `epoch` grows at each takeover: the fencing token.
+    "CREATE TABLE IF NOT EXISTS hubee_sync_node (
+        node TEXT PRIMARY KEY,
+        instance TEXT NOT NULL,
+        pid BIGINT NOT NULL,
+        started_at BIGINT NOT NULL,
+        heartbeat_at BIGINT NOT NULL,
+        lease_ttl_ms BIGINT NOT NULL
+    );
+    CREATE TABLE IF NOT EXISTS hubee_sync_lease (
+        subscription TEXT PRIMARY KEY,
+        holder TEXT,
+        holder_instance TEXT,
+        epoch BIGINT NOT NULL,
+        acquired_at BIGINT,
+        renewed_at BIGINT,
+        expires_at BIGINT NOT NULL
+    )",
 ];
 
 /// The newest schema this binary knows.
 pub const KNOWN_VERSION: i64 = MIGRATIONS.len() as i64;
 
+/// Key of the advisory lock that serialises migrations on PostgreSQL ("hubee-sy" in ASCII).
+const MIGRATION_LOCK: i64 = 0x6875_6265_652d_7379;
+
 pub(super) async fn migrate(db: &StateDb) -> Result<(), StateError> {
+    let q = |doing: &'static str| {
+        move |source| StateError::Query {
+            doing,
+            place: db.place().to_string(),
+            source,
+        }
+    };
+    if !db.is_postgres() {
+        return migrate_unlocked(db).await;
+    }
+    // Several nodes starting together on a fresh database: one migrates, the others wait
+    // for it and then find nothing left to do.
+    let mut conn = db
+        .pool()
+        .acquire()
+        .await
+        .map_err(q("waiting for other nodes' migrations"))?;
+    sqlx::query("SELECT pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await
+        .map_err(q("waiting for other nodes' migrations"))?;
+    let result = migrate_unlocked(db).await;
+    let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    result
+}
+
+async fn migrate_unlocked(db: &StateDb) -> Result<(), StateError> {
     let pool = db.pool();
     let q = |doing: &'static str| {
         move |source| StateError::Query {

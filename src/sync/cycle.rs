@@ -178,7 +178,7 @@ impl ItemError {
     /// Failures that concern the whole subscription, not this item: stop the cycle.
     fn stops_cycle(&self) -> bool {
         match self {
-            ItemError::Hub { source, .. } => source.is_auth(),
+            ItemError::Hub { source, .. } => source.is_auth() || source.is_fenced(),
             ItemError::Spool(_) | ItemError::State(_) | ItemError::Database(_) => true,
             ItemError::Download(d) => d.is_local(),
             _ => false,
@@ -406,6 +406,9 @@ async fn cycle_locked(ctx: &SubscriptionCtx, report: &mut CycleReport) -> Result
                         Err(e) => {
                             fail(report, &nid, Some(&item.case_id), &e);
                             failed_ids.insert(nid);
+                            if e.stops_cycle() {
+                                return Err(e.to_string());
+                            }
                         }
                     }
                 }
