@@ -342,6 +342,11 @@ impl Cluster {
                 }
             }
         }
+        self.beat(state).await
+    }
+
+    /// This node's heartbeat: it is alive, as of the database's clock.
+    async fn beat(&self, state: &StateDb) -> Result<(), String> {
         state
             .heartbeat(
                 &self.node,
@@ -359,16 +364,7 @@ impl Cluster {
     pub async fn round(&self, state: &StateDb, units: &[String]) -> Result<(), String> {
         let sent = Instant::now();
         if self.balanced {
-            state
-                .heartbeat(
-                    &self.node,
-                    &self.instance,
-                    self.pid,
-                    self.started_at_ms,
-                    self.ttl_ms(),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+            self.beat(state).await?;
         }
         let renewed = state
             .renew_leases(&self.instance, self.ttl_ms())
