@@ -108,12 +108,26 @@ async fn sigkill_at_random_instants_and_crash_points_under_run_never_loses_or_du
     let config = c.world.config_path();
     let (mut random_kills, mut point_kills, mut point_missed) = (0, 0, 0);
     let mut points_hit = std::collections::BTreeMap::<&str, usize>::new();
+    let mut points_tried = std::collections::BTreeMap::<&str, usize>::new();
     let mut tmp_leftovers = 0;
     for life in 0..lives {
         let crash_point = (life % 4 == 3).then(|| {
             // Fresh work before each crash-point life, so that every point is passed.
             wave(&mut c, &mut rng, 2, 1, 0);
-            (POINTS[(life / 4) % POINTS.len()], rng.u32(1..=3))
+            // The point hit least so far (then tried least): a point missed in one life
+            // (nothing reached it within the bound) is tried again in the next.
+            let point = POINTS
+                .iter()
+                .copied()
+                .min_by_key(|p| {
+                    (
+                        points_hit.get(p).copied().unwrap_or(0),
+                        points_tried.get(p).copied().unwrap_or(0),
+                    )
+                })
+                .unwrap_or(POINTS[0]);
+            *points_tried.entry(point).or_default() += 1;
+            (point, rng.u32(1..=3))
         });
         if life % 8 == 4 {
             wave(&mut c, &mut rng, 15, 6, 3);
