@@ -16,7 +16,7 @@ mod common;
 use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
-use common::campaign::{Campaign, SUBS};
+use common::campaign::{Campaign, PointPicker, SUBS};
 use common::daemon::Daemon;
 use common::NewWatcher;
 
@@ -107,26 +107,13 @@ async fn sigkill_at_random_instants_and_crash_points_under_run_never_loses_or_du
         .collect();
     let config = c.world.config_path();
     let (mut random_kills, mut point_kills, mut point_missed) = (0, 0, 0);
-    let mut points_hit = std::collections::BTreeMap::<&str, usize>::new();
-    let mut points_tried = std::collections::BTreeMap::<&str, usize>::new();
+    let mut points = PointPicker::new(POINTS);
     let mut tmp_leftovers = 0;
     for life in 0..lives {
         let crash_point = (life % 4 == 3).then(|| {
             // Fresh work before each crash-point life, so that every point is passed.
             wave(&mut c, &mut rng, 2, 1, 0);
-            // The point hit least so far (then tried least): a point missed in one life
-            // (nothing reached it within the bound) is tried again in the next.
-            let point = POINTS
-                .iter()
-                .copied()
-                .min_by_key(|p| {
-                    (
-                        points_hit.get(p).copied().unwrap_or(0),
-                        points_tried.get(p).copied().unwrap_or(0),
-                    )
-                })
-                .unwrap_or(POINTS[0]);
-            *points_tried.entry(point).or_default() += 1;
+            let point = points.next();
             (point, rng.u32(1..=3))
         });
         if life % 8 == 4 {
@@ -150,7 +137,7 @@ async fn sigkill_at_random_instants_and_crash_points_under_run_never_loses_or_du
                         d.log_text()
                     );
                     point_kills += 1;
-                    *points_hit.entry(point).or_default() += 1;
+                    points.hit(point);
                     status
                 }
                 None => {
@@ -242,6 +229,7 @@ async fn sigkill_at_random_instants_and_crash_points_under_run_never_loses_or_du
 
     let expected = c.expected_keys().len();
     let l = c.load;
+    let points_hit = points.hits();
     println!(
         "kill campaign seed {seed}: {lives} lives of `run`: {random_kills} random SIGKILLs \
          (50-1500 ms) + {point_kills} at crash points {points_hit:?} ({point_missed} points \

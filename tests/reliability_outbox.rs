@@ -24,7 +24,7 @@ use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::campaign::{Campaign, SUBS};
+use common::campaign::{Campaign, PointPicker, SUBS};
 use common::daemon::{dir_entries, Daemon};
 use fake_hubee::{Fault, Route};
 use serde_json::{json, Value};
@@ -535,7 +535,7 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
 
     let config = o.c.world.config_path();
     let (mut random_kills, mut point_kills, mut point_missed) = (0, 0, 0);
-    let mut points_hit = BTreeMap::<&str, usize>::new();
+    let mut points = PointPicker::new(POINTS);
     let mut missed: Vec<&str> = Vec::new();
     for life in 0..lives {
         let crash_point = (life % 4 == 3).then(|| {
@@ -545,7 +545,7 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
             o.add();
             // The 2nd passage only where one reply passes the point several times (a PUT
             // per file); elsewhere the 1st, so that the life reaches its point in time.
-            let point = POINTS[(life / 4) % POINTS.len()];
+            let point = points.next();
             let nth = if point == "outbox_after_put" {
                 o.rng.u32(1..=2)
             } else {
@@ -576,7 +576,7 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
                         d.log_text()
                     );
                     point_kills += 1;
-                    *points_hit.entry(point).or_default() += 1;
+                    points.hit(point);
                     status
                 }
                 None => {
@@ -663,6 +663,7 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
         .sum();
     let broken = o.replies.iter().filter(|r| r.broken).count();
     let with_files = o.replies.iter().filter(|r| !r.files.is_empty()).count();
+    let points_hit = points.hits();
     println!(
         "outbox campaign seed {seed}: {lives} lives of `run`: {random_kills} random SIGKILLs \
          (50-1500 ms) + {point_kills} at outbox crash points {points_hit:?} ({point_missed} not \

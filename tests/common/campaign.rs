@@ -505,3 +505,49 @@ spool = "{d}/spool/{name}"
         }
     }
 }
+
+/// Which named crash point the next crash-point life aims at: the one hit least so far, then
+/// tried least. A point missed in one life (nothing passed it within the bound) is tried again
+/// in the next, so "every point hit at least once" does not hang on one unlucky life.
+pub struct PointPicker {
+    points: &'static [&'static str],
+    hit: BTreeMap<&'static str, usize>,
+    tried: BTreeMap<&'static str, usize>,
+}
+
+impl PointPicker {
+    pub fn new(points: &'static [&'static str]) -> Self {
+        assert!(
+            !points.is_empty(),
+            "a campaign names at least one crash point"
+        );
+        Self {
+            points,
+            hit: BTreeMap::new(),
+            tried: BTreeMap::new(),
+        }
+    }
+
+    /// The point for the next crash-point life (counted as tried).
+    pub fn next(&mut self) -> &'static str {
+        let count = |m: &BTreeMap<&str, usize>, p: &str| m.get(p).copied().unwrap_or(0);
+        let point = self
+            .points
+            .iter()
+            .copied()
+            .min_by_key(|p| (count(&self.hit, p), count(&self.tried, p)))
+            .unwrap_or(self.points[0]);
+        *self.tried.entry(point).or_default() += 1;
+        point
+    }
+
+    /// The life aimed at `point` was killed there.
+    pub fn hit(&mut self, point: &'static str) {
+        *self.hit.entry(point).or_default() += 1;
+    }
+
+    /// Kills per point hit so far.
+    pub fn hits(&self) -> &BTreeMap<&'static str, usize> {
+        &self.hit
+    }
+}
