@@ -12,8 +12,8 @@
 //! the spool directories belong to `spool_group` when one is configured, so the legacy
 //! software in that group can read entries and move them to `cur/`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::CString;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ffi::{CString, OsString};
 use std::fs::{self, DirBuilder, OpenOptions};
 use std::io::{self, Write as _};
 use std::os::unix::ffi::OsStrExt;
@@ -21,6 +21,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Component, Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -161,7 +162,28 @@ pub struct Spool {
     /// The spool group (`spool_group`), when configured; else directories keep the group they
     /// get from the service user or from a setgid parent.
     gid: Option<libc::gid_t>,
+    /// What `cur/` held at its last listing, shared by the clones of this spool.
+    cur_index: Arc<Mutex<CurIndex>>,
 }
+
+/// The entries of `cur/` by name without their Maildir flags, as of `cur/`'s mtime.
+///
+/// Before each new entry, [`Spool::find_entry`] looks for an entry of the same name the
+/// consumer may have taken into `cur/` as `NAME:2,FLAGS`: a listing of `cur/`, which a
+/// consumer that keeps years of entries makes long. The listing is kept while `cur/`'s mtime
+/// stays the one seen before it; every creation, rename or removal in `cur/` changes that
+/// mtime. A listing is kept only when that mtime was already older than
+/// [`CUR_INDEX_SETTLED`] when it was taken ("racy" mtimes, as git's index has them): a change
+/// in the same clock tick as an earlier one could otherwise leave the mtime as it was.
+#[derive(Debug, Default)]
+struct CurIndex {
+    mtime: Option<SystemTime>,
+    /// Entry name → file name in `cur/` (`NAME` or `NAME:2,FLAGS`).
+    names: HashMap<String, OsString>,
+}
+
+/// How old `cur/`'s mtime must be for a listing of it to be kept.
+const CUR_INDEX_SETTLED: Duration = Duration::from_secs(2);
 
 /// What [`Spool::publish`] did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -203,6 +225,7 @@ impl Spool {
         let spool = Spool {
             root: root.to_path_buf(),
             gid,
+            cur_index: Arc::default(),
         };
         spool.probe()?;
         Ok(spool)
@@ -373,31 +396,21 @@ impl Spool {
         if fs::symlink_metadata(&exact).is_ok() {
             return EntryLocation::Cur(exact);
         }
-        let with_flags = format!("{entry_name}:2,");
-        let listing = match fs::read_dir(&cur) {
-            Ok(listing) => listing,
-            Err(e) => {
-                tracing::warn!(dir = %cur.display(), error = %e, "cannot list the spool's cur/");
-                return EntryLocation::Absent;
-            }
-        };
-        for item in listing {
-            match item {
-                Ok(item)
-                    if item
-                        .file_name()
-                        .as_bytes()
-                        .starts_with(with_flags.as_bytes()) =>
-                {
-                    return EntryLocation::Cur(item.path());
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    tracing::warn!(dir = %cur.display(), error = %e, "cannot list the spool's cur/");
-                }
-            }
+        let mtime = fs::metadata(&cur).and_then(|m| m.modified()).ok();
+        let mut index = self.cur_index.lock().unwrap_or_else(|p| p.into_inner());
+        if mtime.is_none() || index.mtime != mtime {
+            let settled = mtime.filter(|m| {
+                SystemTime::now()
+                    .duration_since(*m)
+                    .is_ok_and(|age| age >= CUR_INDEX_SETTLED)
+            });
+            index.names = list_cur(&cur);
+            index.mtime = settled;
         }
-        EntryLocation::Absent
+        match index.names.get(entry_name) {
+            Some(file) => EntryLocation::Cur(cur.join(file)),
+            None => EntryLocation::Absent,
+        }
     }
 
     /// Reads `manifest.json` of the entry of that name in `new/` or `cur/`, if there is one.
@@ -824,6 +837,33 @@ pub struct ManifestAttachment {
 }
 
 /// An entry name is one plain, visible path component that fits with the tmp suffix.
+/// The entries in `cur/` by name: `NAME` and `NAME:2,FLAGS` are both the entry `NAME`
+/// (entry names hold no ':'). A listing that fails is said and taken as empty.
+fn list_cur(cur: &Path) -> HashMap<String, OsString> {
+    let mut names = HashMap::new();
+    let listing = match fs::read_dir(cur) {
+        Ok(listing) => listing,
+        Err(e) => {
+            tracing::warn!(dir = %cur.display(), error = %e, "cannot list the spool's cur/");
+            return names;
+        }
+    };
+    for item in listing {
+        match item {
+            Ok(item) => {
+                let file = item.file_name();
+                let Some(name) = file.to_str() else { continue };
+                let entry = name.split_once(":2,").map_or(name, |(entry, _)| entry);
+                names.insert(entry.to_string(), file.clone());
+            }
+            Err(e) => {
+                tracing::warn!(dir = %cur.display(), error = %e, "cannot list the spool's cur/");
+            }
+        }
+    }
+    names
+}
+
 fn check_entry_name(name: &str, dir: &Path) -> Result<(), SpoolError> {
     let reason = if name.is_empty() {
         Some("an entry name cannot be empty")
@@ -1279,6 +1319,67 @@ mod tests {
         wrong.sha256 = Some("00".repeat(32));
         let err = entry.seal(&manifest(vec![wrong])).await.unwrap_err();
         assert!(err.to_string().contains("SHA-256"), "{err}");
+    }
+
+    /// Sets the modification time of directory `dir`.
+    fn set_dir_mtime(dir: &Path, when: SystemTime) {
+        fs::File::open(dir).unwrap().set_modified(when).unwrap();
+    }
+
+    #[tokio::test]
+    async fn listing_of_cur_is_kept_while_its_settled_mtime_stays_and_renewed_when_it_moves() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::open(root.path(), None).unwrap();
+        let cur = root.path().join("cur");
+        fs::create_dir(cur.join("A~c1:2,S")).unwrap();
+        let old = SystemTime::now() - Duration::from_secs(3600);
+        set_dir_mtime(&cur, old);
+        assert_eq!(
+            spool.find_entry("A~c1"),
+            EntryLocation::Cur(cur.join("A~c1:2,S"))
+        );
+        // Something appears in cur/ but its mtime says nothing changed: the kept listing
+        // answers (it is not listed again for every new entry).
+        fs::create_dir(cur.join("B~c2:2,S")).unwrap();
+        set_dir_mtime(&cur, old);
+        assert_eq!(spool.find_entry("B~c2"), EntryLocation::Absent);
+        // The consumer takes an entry from new/ into cur/: cur/'s mtime moves, cur/ is
+        // listed again and both are found.
+        let entry = spool.begin("C~c3").unwrap();
+        let sealed = entry.seal(&manifest(vec![])).await.unwrap();
+        spool.publish(&sealed, "C~c3").unwrap();
+        fs::rename(root.path().join("new/C~c3"), cur.join("C~c3:2,RS")).unwrap();
+        assert_eq!(
+            spool.find_entry("C~c3"),
+            EntryLocation::Cur(cur.join("C~c3:2,RS"))
+        );
+        assert_eq!(
+            spool.find_entry("B~c2"),
+            EntryLocation::Cur(cur.join("B~c2:2,S"))
+        );
+        // Clones share what was listed.
+        assert_eq!(
+            spool.clone().find_entry("A~c1"),
+            EntryLocation::Cur(cur.join("A~c1:2,S"))
+        );
+    }
+
+    #[test]
+    fn listing_of_cur_with_a_recent_mtime_is_not_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::open(root.path(), None).unwrap();
+        let cur = root.path().join("cur");
+        let recent = SystemTime::now();
+        set_dir_mtime(&cur, recent);
+        assert_eq!(spool.find_entry("D~c4"), EntryLocation::Absent);
+        // A change within the same clock tick can leave the mtime as it was: a listing taken
+        // while the mtime was that recent is listed again.
+        fs::create_dir(cur.join("D~c4:2,")).unwrap();
+        set_dir_mtime(&cur, recent);
+        assert_eq!(
+            spool.find_entry("D~c4"),
+            EntryLocation::Cur(cur.join("D~c4:2,"))
+        );
     }
 
     #[tokio::test]
