@@ -544,21 +544,7 @@ impl StateDb {
 
     /// The next `sequence` number for a subscription's spool.
     pub async fn next_sequence(&self, subscription: &str) -> Result<i64, StateError> {
-        self.ensure_subscription(subscription).await?;
-        let mut tx = self.begin_write(subscription).await?;
-        let row = sqlx::query(
-            "UPDATE subscription_state SET spool_sequence = spool_sequence + 1
-             WHERE subscription = $1 RETURNING spool_sequence",
-        )
-        .bind(subscription)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(self.q("allocating a spool sequence number"))?;
-        tx.commit()
-            .await
-            .map_err(self.q("allocating a spool sequence number"))?;
-        row.try_get::<i64, _>(0)
-            .map_err(self.q("allocating a spool sequence number"))
+        self.reserve_sequences(subscription, 1).await
     }
 
     /// Reserves `count` spool sequence numbers at once (one durable write); returns the last
