@@ -401,6 +401,19 @@ impl StateDb {
         self.begin_write_with(subscription, false).await
     }
 
+    /// One statement of a subscription's progress, through [`StateDb::begin_write`] (fenced
+    /// under a cluster), committed; `doing` names it in the error.
+    pub(crate) async fn write_one<'q>(
+        &self,
+        subscription: &str,
+        doing: &'static str,
+        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    ) -> Result<(), StateError> {
+        let mut tx = self.begin_write(subscription).await?;
+        query.execute(&mut *tx).await.map_err(self.q(doing))?;
+        tx.commit().await.map_err(self.q(doing))
+    }
+
     /// As [`StateDb::begin_write`], always in a transaction (several statements at once).
     pub(crate) async fn begin_write_atomic(&self, subscription: &str) -> Result<Write, StateError> {
         self.begin_write_with(subscription, true).await
@@ -580,21 +593,15 @@ impl StateDb {
         reserved_last: i64,
         used_last: i64,
     ) -> Result<(), StateError> {
-        let mut tx = self.begin_write(subscription).await?;
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE subscription_state SET spool_sequence = $3
              WHERE subscription = $1 AND spool_sequence = $2",
         )
         .bind(subscription)
         .bind(reserved_last)
-        .bind(used_last)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("giving back spool sequence numbers"))?;
-        tx.commit()
+        .bind(used_last);
+        self.write_one(subscription, "giving back spool sequence numbers", query)
             .await
-            .map_err(self.q("giving back spool sequence numbers"))?;
-        Ok(())
     }
 
     async fn ensure_subscription(&self, subscription: &str) -> Result<(), StateError> {
@@ -610,9 +617,8 @@ impl StateDb {
 
     /// Records the intent to publish: the entry is sealed in `tmp_path`.
     pub async fn record_intent(&self, row: &DeliveryRow) -> Result<(), StateError> {
-        let mut tx = self.begin_write(&row.key.subscription).await?;
         let now = now_ms();
-        sqlx::query(
+        let query = sqlx::query(
             "INSERT INTO delivery (subscription, case_id, event_id, round, kind, external_id, entry_name,
                 tmp_path, sequence, stage, notification_id, files_json, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'intent', $10, $11, $12, $12)
@@ -631,26 +637,20 @@ impl StateDb {
         .bind(row.sequence)
         .bind(row.notification_id.clone())
         .bind(row.files_json.clone())
-        .bind(now)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("recording a delivery intent"))?;
-        tx.commit()
+        .bind(now);
+        self.write_one(&row.key.subscription, "recording a delivery intent", query)
             .await
-            .map_err(self.q("recording a delivery intent"))?;
-        Ok(())
     }
 
     /// Moves a delivery forward to `stage` (never backward).
     pub async fn advance(&self, key: &DeliveryKey, stage: Stage) -> Result<(), StateError> {
-        let mut tx = self.begin_write(&key.subscription).await?;
         let now = now_ms();
         let (published, acked) = match stage {
             Stage::Published => (Some(now), None),
             Stage::Acknowledged => (None, Some(now)),
             _ => (None, None),
         };
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE delivery SET stage = $5, updated_at = $6,
                 published_at = COALESCE(published_at, $7), acknowledged_at = COALESCE(acknowledged_at, $8),
                 tmp_path = CASE WHEN $5 = 'intent' THEN tmp_path ELSE NULL END
@@ -663,14 +663,9 @@ impl StateDb {
         .bind(stage.as_str())
         .bind(now)
         .bind(published)
-        .bind(acked)
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("recording delivery progress"))?;
-        tx.commit()
+        .bind(acked);
+        self.write_one(&key.subscription, "recording delivery progress", query)
             .await
-            .map_err(self.q("recording delivery progress"))?;
-        Ok(())
     }
 
     /// Records where the receipt walk starts, before the first PATCH.
@@ -680,8 +675,7 @@ impl StateDb {
         from: &str,
         to: &str,
     ) -> Result<(), StateError> {
-        let mut tx = self.begin_write(&key.subscription).await?;
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE delivery SET stage = 'receipt_started', receipt_from = $5, receipt_to = $6, updated_at = $7
              WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
         )
@@ -691,14 +685,9 @@ impl StateDb {
         .bind(key.round)
         .bind(from)
         .bind(to)
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("recording the receipt walk"))?;
-        tx.commit()
+        .bind(now_ms());
+        self.write_one(&key.subscription, "recording the receipt walk", query)
             .await
-            .map_err(self.q("recording the receipt walk"))?;
-        Ok(())
     }
 
     /// Records the receipt as done, with the id of our event when one was posted.
@@ -707,8 +696,7 @@ impl StateDb {
         key: &DeliveryKey,
         event_id: Option<&str>,
     ) -> Result<(), StateError> {
-        let mut tx = self.begin_write(&key.subscription).await?;
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE delivery SET stage = 'receipt_done', receipt_event_id = $5, updated_at = $6
              WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
         )
@@ -717,12 +705,9 @@ impl StateDb {
         .bind(&key.event_id)
         .bind(key.round)
         .bind(event_id.map(str::to_string))
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("recording the receipt"))?;
-        tx.commit().await.map_err(self.q("recording the receipt"))?;
-        Ok(())
+        .bind(now_ms());
+        self.write_one(&key.subscription, "recording the receipt", query)
+            .await
     }
 
     /// Counts one more failure of an item (at most once per cycle: the cycle skips an item
@@ -767,19 +752,14 @@ impl StateDb {
 
     /// Records an item as parked: owed work, whose notification may now be deleted.
     pub async fn park(&self, subscription: &str, item: &WorkItem) -> Result<(), StateError> {
-        let mut tx = self.begin_write(subscription).await?;
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE failure SET parked = 1, parked_at = COALESCE(parked_at, $3)
              WHERE subscription = $1 AND item = $2",
         )
         .bind(subscription)
         .bind(item.key())
-        .bind(now_ms())
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("parking an item"))?;
-        tx.commit().await.map_err(self.q("parking an item"))?;
-        Ok(())
+        .bind(now_ms());
+        self.write_one(subscription, "parking an item", query).await
     }
 
     /// Records an item as quarantined: reported to a person, no longer retried.
@@ -789,22 +769,16 @@ impl StateDb {
         item: &WorkItem,
         path: Option<&str>,
     ) -> Result<(), StateError> {
-        let mut tx = self.begin_write(subscription).await?;
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE failure SET quarantined = 1, quarantined_at = $3, quarantine_path = $4
              WHERE subscription = $1 AND item = $2",
         )
         .bind(subscription)
         .bind(item.key())
         .bind(now_ms())
-        .bind(path.map(str::to_string))
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("recording a quarantine"))?;
-        tx.commit()
+        .bind(path.map(str::to_string));
+        self.write_one(subscription, "recording a quarantine", query)
             .await
-            .map_err(self.q("recording a quarantine"))?;
-        Ok(())
     }
 
     /// Parked items still owed (not quarantined).
@@ -953,17 +927,13 @@ impl StateDb {
         subscription: &str,
         item: &WorkItem,
     ) -> Result<(), StateError> {
-        let mut tx = self.begin_write(subscription).await?;
-        sqlx::query(
+        let query = sqlx::query(
             "DELETE FROM failure WHERE subscription = $1 AND item = $2 AND quarantined = 0",
         )
         .bind(subscription)
-        .bind(item.key())
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("clearing a failure"))?;
-        tx.commit().await.map_err(self.q("clearing a failure"))?;
-        Ok(())
+        .bind(item.key());
+        self.write_one(subscription, "clearing a failure", query)
+            .await
     }
 
     /// Records the outcome of a poll cycle.

@@ -237,8 +237,7 @@ impl StateDb {
 
     /// Writes a reply's progress (every mutable column) in one statement.
     pub async fn outbox_save(&self, row: &ReplyRow) -> Result<(), StateError> {
-        let mut tx = self.begin_write(&row.key.subscription).await?;
-        sqlx::query(
+        let query = sqlx::query(
             "UPDATE outbox_reply SET case_id = $4, external_id = $5, stage = $6, outcome = $7,
                 status_from = $8, status_to = $9, action_type = $10, event_id = $11,
                 files_json = $12, attempts = $13, failing_since = $14, last_error = $15,
@@ -262,14 +261,13 @@ impl StateDb {
         .bind(row.last_error.clone())
         .bind(row.finished_at)
         .bind(row.moved_to.clone())
-        .bind(now_ms())
-        .execute(&mut *tx)
+        .bind(now_ms());
+        self.write_one(
+            &row.key.subscription,
+            "recording an outbox reply's progress",
+            query,
+        )
         .await
-        .map_err(self.q("recording an outbox reply's progress"))?;
-        tx.commit()
-            .await
-            .map_err(self.q("recording an outbox reply's progress"))?;
-        Ok(())
     }
 
     /// Pending (not finished), sent and failed replies of a subscription.
