@@ -256,7 +256,10 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
     // queue, send the outbox").
     let settings_ref = &settings;
     let holder_ref = &holder;
-    let reports: Vec<(CycleReport, OutboxReport)> = stream::iter(ctxs.iter())
+    // The futures are made first: a stream mapped through a closure over borrowed contexts
+    // is not `Send` for every lifetime, and `main` runs this command as a spawned task.
+    let passes: Vec<_> = ctxs
+        .iter()
         .map(|ctx| async move {
             let cycle = run_cycle(ctx, holder_ref).await;
             let outbox =
@@ -264,6 +267,8 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
                     .await;
             (cycle, outbox)
         })
+        .collect();
+    let reports: Vec<(CycleReport, OutboxReport)> = stream::iter(passes)
         .buffer_unordered(settings.hub.max_parallel_subscriptions)
         .collect()
         .await;

@@ -140,7 +140,11 @@ fn main() -> ExitCode {
         Ok(s) => s,
         Err(code) => return code,
     };
-    let code = rt.block_on(async move {
+    // The command runs as a task of the runtime, not on this thread: a future polled by
+    // `block_on` is woken across threads at every socket readiness and database answer
+    // (a futex wake and a context switch each), where a task runs on the worker thread
+    // that drives the sockets.
+    let command = rt.spawn(async move {
         match cli.command {
             Command::Run => match hubee_sync::daemon::signals::forward() {
                 Ok(controls) => hubee_sync::daemon::run(settings, controls).await,
@@ -158,6 +162,10 @@ fn main() -> ExitCode {
             Command::Digest { send, html } => app::digest(settings, send, html).await,
             Command::Validate | Command::Check => unreachable!("handled above"),
         }
+    });
+    let code = rt.block_on(command).unwrap_or_else(|e| {
+        eprintln!("the command stopped unexpectedly: {e}");
+        ExitCode::from(app::EXIT_FAILURE)
     });
     // Work cut by a second stop signal or the drain bound must not hold the exit.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));

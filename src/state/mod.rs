@@ -4,6 +4,7 @@
 //! through sqlx's `Any` driver. Schema versions are our own (`hubee_sync_schema`), so our
 //! bookkeeping never clashes with an application's own sqlx migrations.
 
+mod commit;
 mod digest;
 pub mod lease;
 mod lock;
@@ -15,6 +16,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::cluster::Cluster;
+pub(crate) use commit::Stmt;
+use commit::{Committer, Outcome};
 
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Executor, Row};
@@ -295,6 +298,8 @@ pub struct StateDb {
     /// Several nodes on PostgreSQL: this process's leases. Then a subscription is worked
     /// only under its lease, and progress is written only in a transaction that checks it.
     cluster: Option<Arc<Cluster>>,
+    /// SQLite: the group commit of progress writes (see `commit.rs`).
+    committer: Option<Committer>,
 }
 
 impl StateDb {
@@ -326,14 +331,14 @@ impl StateDb {
         let pool = AnyPoolOptions::new()
             .max_connections(max_conn)
             .acquire_timeout(Duration::from_secs(30))
+            // A SQLite connection is a file handle in this process: nothing to test before
+            // each use (a round trip to its worker thread). A server's connection may have
+            // been closed by the server: tested.
+            .test_before_acquire(!is_sqlite)
             .after_connect(move |conn, _meta| {
                 Box::pin(async move {
                     if is_sqlite {
-                        // Durability first: a published entry's record must survive power loss.
-                        conn.execute("PRAGMA journal_mode=WAL").await?;
-                        conn.execute("PRAGMA synchronous=FULL").await?;
-                        conn.execute("PRAGMA busy_timeout=10000").await?;
-                        conn.execute("PRAGMA foreign_keys=ON").await?;
+                        commit::sqlite_pragmas(conn).await?;
                     } else {
                         // Our transactions are a few statements sent back to back. One left
                         // open by a paused process (SIGSTOP, a frozen VM) would keep its row
@@ -372,6 +377,7 @@ impl StateDb {
             place,
             lock_dir,
             cluster: None,
+            committer: is_sqlite.then(|| Committer::start(url)),
         };
         schema::migrate(&db).await?;
         Ok(db)
@@ -401,16 +407,42 @@ impl StateDb {
         self.begin_write_with(subscription, false).await
     }
 
-    /// One statement of a subscription's progress, through [`StateDb::begin_write`] (fenced
-    /// under a cluster), committed; `doing` names it in the error.
-    pub(crate) async fn write_one<'q>(
+    /// One statement of a subscription's progress, committed (durably) before it returns;
+    /// `doing` names it in the error. See [`StateDb::write_all`].
+    pub(crate) async fn write_one(
         &self,
         subscription: &str,
         doing: &'static str,
-        query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+        stmt: Stmt,
     ) -> Result<(), StateError> {
-        let mut tx = self.begin_write(subscription).await?;
-        query.execute(&mut *tx).await.map_err(self.q(doing))?;
+        self.write_all(subscription, doing, vec![stmt]).await
+    }
+
+    /// Statements of a subscription's progress, in one transaction, committed (durably)
+    /// before it returns; `doing` names them in the error. On SQLite they go to the group
+    /// commit with the other writes waiting; otherwise through [`StateDb::begin_write`]
+    /// (fenced under a cluster).
+    pub(crate) async fn write_all(
+        &self,
+        subscription: &str,
+        doing: &'static str,
+        stmts: Vec<Stmt>,
+    ) -> Result<(), StateError> {
+        let stmts = match (&self.committer, &self.cluster) {
+            (Some(committer), None) => match committer.write(stmts).await {
+                Outcome::Done(result) => return result.map_err(self.q(doing)),
+                Outcome::Back(stmts) => stmts,
+            },
+            _ => stmts,
+        };
+        let mut tx = if stmts.len() > 1 {
+            self.begin_write_atomic(subscription).await?
+        } else {
+            self.begin_write(subscription).await?
+        };
+        for stmt in &stmts {
+            stmt.execute(&mut tx).await.map_err(self.q(doing))?;
+        }
         tx.commit().await.map_err(self.q(doing))
     }
 
@@ -593,7 +625,7 @@ impl StateDb {
         reserved_last: i64,
         used_last: i64,
     ) -> Result<(), StateError> {
-        let query = sqlx::query(
+        let query = Stmt::new(
             "UPDATE subscription_state SET spool_sequence = $3
              WHERE subscription = $1 AND spool_sequence = $2",
         )
@@ -618,7 +650,7 @@ impl StateDb {
     /// Records the intent to publish: the entry is sealed in `tmp_path`.
     pub async fn record_intent(&self, row: &DeliveryRow) -> Result<(), StateError> {
         let now = now_ms();
-        let query = sqlx::query(
+        let query = Stmt::new(
             "INSERT INTO delivery (subscription, case_id, event_id, round, kind, external_id, entry_name,
                 tmp_path, sequence, stage, notification_id, files_json, created_at, updated_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, 'intent', $10, $11, $12, $12)
@@ -650,7 +682,7 @@ impl StateDb {
             Stage::Acknowledged => (None, Some(now)),
             _ => (None, None),
         };
-        let query = sqlx::query(
+        let query = Stmt::new(
             "UPDATE delivery SET stage = $5, updated_at = $6,
                 published_at = COALESCE(published_at, $7), acknowledged_at = COALESCE(acknowledged_at, $8),
                 tmp_path = CASE WHEN $5 = 'intent' THEN tmp_path ELSE NULL END
@@ -675,7 +707,7 @@ impl StateDb {
         from: &str,
         to: &str,
     ) -> Result<(), StateError> {
-        let query = sqlx::query(
+        let query = Stmt::new(
             "UPDATE delivery SET stage = 'receipt_started', receipt_from = $5, receipt_to = $6, updated_at = $7
              WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
         )
@@ -696,7 +728,7 @@ impl StateDb {
         key: &DeliveryKey,
         event_id: Option<&str>,
     ) -> Result<(), StateError> {
-        let query = sqlx::query(
+        let query = Stmt::new(
             "UPDATE delivery SET stage = 'receipt_done', receipt_event_id = $5, updated_at = $6
              WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
         )
@@ -752,7 +784,7 @@ impl StateDb {
 
     /// Records an item as parked: owed work, whose notification may now be deleted.
     pub async fn park(&self, subscription: &str, item: &WorkItem) -> Result<(), StateError> {
-        let query = sqlx::query(
+        let query = Stmt::new(
             "UPDATE failure SET parked = 1, parked_at = COALESCE(parked_at, $3)
              WHERE subscription = $1 AND item = $2",
         )
@@ -769,7 +801,7 @@ impl StateDb {
         item: &WorkItem,
         path: Option<&str>,
     ) -> Result<(), StateError> {
-        let query = sqlx::query(
+        let query = Stmt::new(
             "UPDATE failure SET quarantined = 1, quarantined_at = $3, quarantine_path = $4
              WHERE subscription = $1 AND item = $2",
         )
@@ -927,7 +959,7 @@ impl StateDb {
         subscription: &str,
         item: &WorkItem,
     ) -> Result<(), StateError> {
-        let query = sqlx::query(
+        let query = Stmt::new(
             "DELETE FROM failure WHERE subscription = $1 AND item = $2 AND quarantined = 0",
         )
         .bind(subscription)
@@ -1130,14 +1162,12 @@ impl StateDb {
         note: Option<ActivityNote<'_>>,
     ) -> Result<(), StateError> {
         let now = now_ms();
-        // Fenced under a cluster, and one transaction in any case.
-        let mut tx = self.begin_write_atomic(&key.subscription).await?;
         let stage = if receipt.is_some() {
             Stage::ReceiptStarted
         } else {
             Stage::Published
         };
-        sqlx::query(
+        let mut stmts = vec![Stmt::new(
             "UPDATE delivery SET stage = $5, updated_at = $6, published_at = COALESCE(published_at, $6),
                 tmp_path = NULL, receipt_from = COALESCE($7, receipt_from), receipt_to = COALESCE($8, receipt_to)
              WHERE subscription = $1 AND case_id = $2 AND event_id = $3 AND round = $4",
@@ -1148,19 +1178,30 @@ impl StateDb {
         .bind(key.round)
         .bind(stage.as_str())
         .bind(now)
-        .bind(receipt.map(|r| r.0.to_string()))
-        .bind(receipt.map(|r| r.1.to_string()))
-        .execute(&mut *tx)
-        .await
-        .map_err(self.q("recording a publication"))?;
+        .bind(receipt.map(|r| r.0))
+        .bind(receipt.map(|r| r.1))];
         if let Some(note) = &note {
-            self.insert_activity(&mut tx, &key.subscription, note)
-                .await?;
+            // The activity record, numbered in the same transaction (as `insert_activity`).
+            stmts.push(Stmt::new(
+                "UPDATE hubee_sync_counter SET value = value + 1 WHERE name = 'activity'",
+            ));
+            stmts.push(
+                Stmt::new(
+                    "INSERT INTO activity (seq, subscription, at, kind, case_id, external_id, event_id, detail)
+                     VALUES ((SELECT value FROM hubee_sync_counter WHERE name = 'activity'), $1, $2, $3, $4, $5, $6, $7)",
+                )
+                .bind(&key.subscription)
+                .bind(now)
+                .bind(note.kind)
+                .bind(note.case_id)
+                .bind(note.external_id)
+                .bind(note.event_id)
+                .bind(note.detail.to_string()),
+            );
         }
-        tx.commit()
+        // Fenced under a cluster, and one transaction in any case.
+        self.write_all(&key.subscription, "recording a publication", stmts)
             .await
-            .map_err(self.q("recording a publication"))?;
-        Ok(())
     }
 
     /// Activity after `after_seq`, oldest first, at most `limit` records; all subscriptions
@@ -1190,6 +1231,9 @@ impl StateDb {
     }
 
     pub async fn close(&self) {
+        if let Some(committer) = &self.committer {
+            committer.close().await;
+        }
         self.pool.close().await;
     }
 }

@@ -6,6 +6,7 @@
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use super::Stmt;
 use super::{now_ms, StateDb, StateError};
 
 /// Identifies a reply: the same folder name with another `reply.json` is another reply.
@@ -237,7 +238,7 @@ impl StateDb {
 
     /// Writes a reply's progress (every mutable column) in one statement.
     pub async fn outbox_save(&self, row: &ReplyRow) -> Result<(), StateError> {
-        let query = sqlx::query(
+        let query = Stmt::new(
             "UPDATE outbox_reply SET case_id = $4, external_id = $5, stage = $6, outcome = $7,
                 status_from = $8, status_to = $9, action_type = $10, event_id = $11,
                 files_json = $12, attempts = $13, failing_since = $14, last_error = $15,

@@ -1,0 +1,272 @@
+//! Group commit of a SQLite state database's progress writes.
+//!
+//! Each progress write must be durable (`synchronous=FULL`: the WAL is fsynced at every
+//! commit) before the step it records is followed by the next one. With cases worked side by
+//! side, each writing its own rows, that was one WAL fsync per write, and four connections
+//! taking turns at SQLite's single write lock. Here one task owns one connection and writes
+//! for everyone: it takes every write waiting, runs them in one transaction, commits once,
+//! and only then answers each writer. A writer still returns only once its write is durable;
+//! writes that arrive while a commit is on its way wait for the next one (no timer).
+//!
+//! A write that fails inside a batch (a constraint, a full disk) must not fail the others:
+//! the batch is rolled back and each of its writes is then run alone, so that each gets its
+//! own outcome. PostgreSQL groups commits itself; this is used for SQLite only.
+
+use sqlx::any::AnyArguments;
+use sqlx::{AnyConnection, Connection, Executor};
+use tokio::sync::{mpsc, oneshot};
+
+/// A value bound to a statement (the types the state database uses).
+#[derive(Debug, Clone)]
+pub(crate) enum Val {
+    Text(Option<String>),
+    Int(Option<i64>),
+}
+
+impl From<&str> for Val {
+    fn from(v: &str) -> Val {
+        Val::Text(Some(v.to_string()))
+    }
+}
+impl From<&String> for Val {
+    fn from(v: &String) -> Val {
+        Val::Text(Some(v.clone()))
+    }
+}
+impl From<String> for Val {
+    fn from(v: String) -> Val {
+        Val::Text(Some(v))
+    }
+}
+impl From<Option<String>> for Val {
+    fn from(v: Option<String>) -> Val {
+        Val::Text(v)
+    }
+}
+impl From<Option<&str>> for Val {
+    fn from(v: Option<&str>) -> Val {
+        Val::Text(v.map(str::to_string))
+    }
+}
+impl From<i64> for Val {
+    fn from(v: i64) -> Val {
+        Val::Int(Some(v))
+    }
+}
+impl From<Option<i64>> for Val {
+    fn from(v: Option<i64>) -> Val {
+        Val::Int(v)
+    }
+}
+
+/// One statement with its values, owned: it can wait in the committer's queue.
+#[derive(Debug, Clone)]
+pub(crate) struct Stmt {
+    sql: &'static str,
+    args: Vec<Val>,
+}
+
+impl Stmt {
+    pub(crate) fn new(sql: &'static str) -> Stmt {
+        Stmt {
+            sql,
+            args: Vec::new(),
+        }
+    }
+
+    /// Binds the next `$n`.
+    pub(crate) fn bind(mut self, v: impl Into<Val>) -> Stmt {
+        self.args.push(v.into());
+        self
+    }
+
+    fn query(&self) -> sqlx::query::Query<'_, sqlx::Any, AnyArguments<'_>> {
+        self.args
+            .iter()
+            .fold(sqlx::query(self.sql), |q, a| match a {
+                Val::Text(t) => q.bind(t.as_deref()),
+                Val::Int(i) => q.bind(*i),
+            })
+    }
+
+    /// Runs the statement on `conn`.
+    pub(crate) async fn execute(&self, conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+        self.query().execute(conn).await.map(drop)
+    }
+}
+
+/// What became of a write handed to the committer.
+pub(crate) enum Outcome {
+    /// Committed (Ok), or failed when run alone (its own error).
+    Done(Result<(), sqlx::Error>),
+    /// The committer could not take it (stopped, or cannot reach the database): the writer
+    /// runs it itself, so that the error it meets is its own.
+    Back(Vec<Stmt>),
+}
+
+struct Job {
+    stmts: Vec<Stmt>,
+    reply: oneshot::Sender<Outcome>,
+}
+
+enum Msg {
+    Write(Job),
+    Close(oneshot::Sender<()>),
+}
+
+/// The writers' end of the committer (cheap to clone).
+#[derive(Clone, Debug)]
+pub(crate) struct Committer {
+    tx: mpsc::UnboundedSender<Msg>,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Msg::Write(_) => "Write",
+            Msg::Close(_) => "Close",
+        })
+    }
+}
+
+/// At most this many writes in one transaction (a bound on the time a batch holds the lock).
+const MAX_BATCH: usize = 128;
+
+impl Committer {
+    /// Starts the committer task on the current runtime; it connects to `url` (SQLite) when
+    /// it has its first write.
+    pub(crate) fn start(url: String) -> Committer {
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(url, rx));
+        Committer { tx }
+    }
+
+    /// Writes `stmts` in one transaction, durably, together with whatever other writes are
+    /// waiting.
+    pub(crate) async fn write(&self, stmts: Vec<Stmt>) -> Outcome {
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(Msg::Write(job))) =
+            self.tx.send(Msg::Write(Job { stmts, reply }))
+        {
+            return Outcome::Back(job.stmts);
+        }
+        match answer.await {
+            Ok(outcome) => outcome,
+            // The task ended with the write in hand (its runtime shut down): whether it was
+            // committed is unknown, so it is not run again here.
+            Err(_) => Outcome::Done(Err(sqlx::Error::WorkerCrashed)),
+        }
+    }
+
+    /// Finishes the writes already queued, then closes the connection.
+    pub(crate) async fn close(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Close(done)).is_ok() {
+            let _ = wait.await;
+        }
+    }
+}
+
+async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
+    let mut conn: Option<AnyConnection> = None;
+    while let Some(first) = rx.recv().await {
+        let mut jobs = Vec::new();
+        let mut close = None;
+        match first {
+            Msg::Write(job) => jobs.push(job),
+            Msg::Close(done) => close = Some(done),
+        }
+        while close.is_none() && jobs.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(Msg::Write(job)) => jobs.push(job),
+                Ok(Msg::Close(done)) => close = Some(done),
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() {
+            commit_batch(&url, &mut conn, jobs).await;
+        }
+        if let Some(done) = close {
+            if let Some(c) = conn.take() {
+                let _ = c.close().await;
+            }
+            rx.close();
+            // Writes that slipped in after the close are given back to their writers.
+            while let Ok(msg) = rx.try_recv() {
+                if let Msg::Write(job) = msg {
+                    let _ = job.reply.send(Outcome::Back(job.stmts));
+                }
+            }
+            let _ = done.send(());
+            return;
+        }
+    }
+}
+
+async fn commit_batch(url: &str, conn: &mut Option<AnyConnection>, jobs: Vec<Job>) {
+    let c = match conn {
+        Some(c) => c,
+        None => match connect(url).await {
+            Ok(c) => conn.insert(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "state committer cannot connect; writers write themselves");
+                for job in jobs {
+                    let _ = job.reply.send(Outcome::Back(job.stmts));
+                }
+                return;
+            }
+        },
+    };
+    if jobs.len() > 1 {
+        let together = async {
+            let mut tx = c.begin().await?;
+            for s in jobs.iter().flat_map(|j| &j.stmts) {
+                s.execute(&mut tx).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        if together.is_ok() {
+            for job in jobs {
+                let _ = job.reply.send(Outcome::Done(Ok(())));
+            }
+            return;
+        }
+    }
+    // One write, or a batch that failed: each alone, with its own outcome.
+    let mut broken = false;
+    for job in jobs {
+        let alone = async {
+            let mut tx = c.begin().await?;
+            for s in &job.stmts {
+                s.execute(&mut tx).await?;
+            }
+            tx.commit().await
+        }
+        .await;
+        broken |= matches!(
+            alone,
+            Err(sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed)
+        );
+        let _ = job.reply.send(Outcome::Done(alone));
+    }
+    if broken {
+        *conn = None;
+    }
+}
+
+/// A SQLite connection set up as the pool's are.
+async fn connect(url: &str) -> Result<AnyConnection, sqlx::Error> {
+    let mut c = AnyConnection::connect(url).await?;
+    sqlite_pragmas(&mut c).await?;
+    Ok(c)
+}
+
+/// Durability first: a published entry's record must survive power loss.
+pub(crate) async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx::Error> {
+    conn.execute("PRAGMA journal_mode=WAL").await?;
+    conn.execute("PRAGMA synchronous=FULL").await?;
+    conn.execute("PRAGMA busy_timeout=10000").await?;
+    conn.execute("PRAGMA foreign_keys=ON").await?;
+    Ok(())
+}
