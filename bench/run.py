@@ -20,6 +20,13 @@ Prints a Markdown table for BENCHMARKS.md.
     --only=abce    some scenarios only (e = editor scale and idle)
     --no-build     use the release binaries as they are
     --perf         run hubee-sync under `perf record -g` (/var/tmp/hubee-bench-X.perf)
+    --repeat=N     run each scenario N times (each in a directory of its own)
+
+Work directories are removed only at the end of the run, and a run starts at least 90 s
+after the previous one ended (it waits, and says so): on ext4 without a journal (this
+project's machines), the inode allocator skips every inode freed in the last minute, so the
+16,000 inodes a run of (a) frees slow down the next run's (a) by a factor of up to two
+(BENCHMARKS.md).
 """
 import json, os, shutil, signal, subprocess, sys, tempfile, time, urllib.request
 
@@ -31,6 +38,33 @@ QUICK = "--quick" in sys.argv
 ONLY = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--only=")), "abce")
 # `--perf`: hubee-sync runs under `perf record` (call graphs), data in /var/tmp/hubee-bench-X.perf.
 PERF = "--perf" in sys.argv
+REPEAT = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--repeat=")), "1"))
+# Work directories, removed at the end of the run (see above).
+LEFT = []
+STAMP = "/var/tmp/hubee-bench.last"
+SETTLE_S = 90
+
+
+def settle():
+    """Waits until the previous run's removals are SETTLE_S seconds old; removes what a run
+    that was killed left behind first."""
+    leftovers = [os.path.join("/var/tmp", d) for d in os.listdir("/var/tmp") if d.startswith("hubee-bench-")
+                 and os.path.isdir(os.path.join("/var/tmp", d))]
+    for d in leftovers:
+        shutil.rmtree(d, ignore_errors=True)
+    last = time.time() if leftovers else (os.path.getmtime(STAMP) if os.path.exists(STAMP) else 0)
+    wait = last + SETTLE_S - time.time()
+    if wait > 0:
+        print(f"waiting {wait:.0f} s: inodes freed by an earlier run less than {SETTLE_S} s ago would slow (a) down",
+              file=sys.stderr, flush=True)
+        time.sleep(wait)
+
+
+def clean_up():
+    for d in LEFT:
+        shutil.rmtree(d, ignore_errors=True)
+    with open(STAMP, "w") as f:
+        f.write(f"{time.time()}\n")
 
 
 def start_hub(work, cases, files, size, extra_clients=0):
@@ -129,7 +163,6 @@ def spool_floor(work, cases, files, size, threads=16):
     with concurrent.futures.ThreadPoolExecutor(threads) as pool:
         list(pool.map(one, range(cases)))
     t = time.monotonic() - t0
-    shutil.rmtree(root, ignore_errors=True)
     return t
 
 
@@ -188,7 +221,7 @@ def scenario(label, cases, files, size):
                     ratio_throughput=(mb / t) / (mb / t_ceiling), ratio_time=t / t_ceiling, rss_kib=kib, cpu_s=cpu, hub_cpu_s=hub_cpu,
                     spool_floor_s=floor)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        LEFT.append(work)
 
 
 def editor_scale(nsubs=500):
@@ -223,7 +256,7 @@ def editor_scale(nsubs=500):
         return dict(nsubs=nsubs, s=t, cpu_s=cpu, rss_kib=kib, requests=total - before,
                     idle_cpu_pct=idle_cpu, idle_rss_kib=idle_rss, idle_window_s=t1 - t0)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        LEFT.append(work)
 
 
 def main():
@@ -231,6 +264,14 @@ def main():
         subprocess.run(["cargo", "build", "--locked", "--release", "--workspace", "--bins"], cwd=ROOT, check=True)
     if not os.path.exists("/usr/bin/time"):
         raise SystemExit("GNU time is needed: apt-get install time")
+    settle()
+    try:
+        measure()
+    finally:
+        clean_up()
+
+
+def measure():
     rows = []
     plan = [("(a) 1000 cases x 3 x 100 KB", 1000, 3, 100_000),
             ("(b) 20 cases x 3 x 50 MB", 20, 3, 50_000_000),
@@ -241,9 +282,10 @@ def main():
     for label, cases, files, size in plan:
         if label[1] not in ONLY:
             continue
-        r = scenario(label, cases, files, size)
-        rows.append(r)
-        print(json.dumps(r), flush=True)
+        for _ in range(REPEAT):
+            r = scenario(label, cases, files, size)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
     e = editor_scale(100 if QUICK else 500) if "e" in ONLY else None
     print(json.dumps(e), flush=True)
     print()

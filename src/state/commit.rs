@@ -12,6 +12,9 @@
 //! the batch is rolled back and each of its writes is then run alone, so that each gets its
 //! own outcome. PostgreSQL groups commits itself; this is used for SQLite only.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
 use sqlx::any::AnyArguments;
 use sqlx::{AnyConnection, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
@@ -118,6 +121,8 @@ enum Msg {
 #[derive(Clone, Debug)]
 pub(crate) struct Committer {
     tx: mpsc::UnboundedSender<Msg>,
+    /// Transactions committed so far (batches and writes run alone).
+    commits: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for Msg {
@@ -137,8 +142,15 @@ impl Committer {
     /// it has its first write.
     pub(crate) fn start(url: String) -> Committer {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(url, rx));
-        Committer { tx }
+        let commits = Arc::new(AtomicU64::new(0));
+        tokio::spawn(run(url, rx, commits.clone()));
+        Committer { tx, commits }
+    }
+
+    /// Transactions committed so far.
+    #[cfg(test)]
+    pub(crate) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Writes `stmts` in one transaction, durably, together with whatever other writes are
@@ -167,7 +179,7 @@ impl Committer {
     }
 }
 
-async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
+async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Msg>, commits: Arc<AtomicU64>) {
     let mut conn: Option<AnyConnection> = None;
     while let Some(first) = rx.recv().await {
         let mut jobs = Vec::new();
@@ -184,7 +196,7 @@ async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
             }
         }
         if !jobs.is_empty() {
-            commit_batch(&url, &mut conn, jobs).await;
+            commit_batch(&url, &mut conn, jobs, &commits).await;
         }
         if let Some(done) = close {
             if let Some(c) = conn.take() {
@@ -203,7 +215,12 @@ async fn run(url: String, mut rx: mpsc::UnboundedReceiver<Msg>) {
     }
 }
 
-async fn commit_batch(url: &str, conn: &mut Option<AnyConnection>, jobs: Vec<Job>) {
+async fn commit_batch(
+    url: &str,
+    conn: &mut Option<AnyConnection>,
+    jobs: Vec<Job>,
+    commits: &AtomicU64,
+) {
     let c = match conn {
         Some(c) => c,
         None => match connect(url).await {
@@ -227,6 +244,7 @@ async fn commit_batch(url: &str, conn: &mut Option<AnyConnection>, jobs: Vec<Job
         }
         .await;
         if together.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
             for job in jobs {
                 let _ = job.reply.send(Outcome::Done(Ok(())));
             }
@@ -244,6 +262,9 @@ async fn commit_batch(url: &str, conn: &mut Option<AnyConnection>, jobs: Vec<Job
             tx.commit().await
         }
         .await;
+        if alone.is_ok() {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
         broken |= matches!(
             alone,
             Err(sqlx::Error::Io(_) | sqlx::Error::WorkerCrashed | sqlx::Error::PoolClosed)
@@ -269,4 +290,108 @@ pub(crate) async fn sqlite_pragmas(conn: &mut AnyConnection) -> Result<(), sqlx:
     conn.execute("PRAGMA busy_timeout=10000").await?;
     conn.execute("PRAGMA foreign_keys=ON").await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{DeliveryKey, DeliveryRow, Location, Stage, StateDb, StateError};
+
+    fn intent(case: usize) -> DeliveryRow {
+        DeliveryRow {
+            key: DeliveryKey {
+                subscription: "certdc".into(),
+                case_id: format!("case-{case}"),
+                event_id: String::new(),
+                round: 0,
+            },
+            kind: "case".into(),
+            external_id: format!("DGS-{case}"),
+            entry_name: format!("DGS-{case}~case-{case}"),
+            tmp_path: Some(format!("/spool/tmp/{case}")),
+            sequence: Some(case as i64),
+            stage: Stage::Intent,
+            receipt_from: None,
+            receipt_to: None,
+            receipt_event_id: None,
+            notification_id: Some(format!("n-{case}")),
+            files_json: None,
+        }
+    }
+
+    async fn open(dir: &tempfile::TempDir) -> StateDb {
+        StateDb::open(&Location::Sqlite(dir.path().join("state.db")))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn writes_waiting_together_share_one_commit_and_each_is_stored_when_answered() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir).await;
+        let before = db.committer.as_ref().unwrap().commits();
+        let rows: Vec<DeliveryRow> = (0..40).map(intent).collect();
+        let results =
+            futures_util::future::join_all(rows.iter().map(|r| db.record_intent(r))).await;
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let commits = db.committer.as_ref().unwrap().commits() - before;
+        assert_eq!(
+            commits, 1,
+            "40 writes waiting at once made {commits} commits"
+        );
+        // Every write is there for another connection (another process) once answered.
+        let other = open(&dir).await;
+        for r in &rows {
+            let got = other.delivery(&r.key).await.unwrap();
+            assert_eq!(
+                got.map(|g| g.stage),
+                Some(Stage::Intent),
+                "{}",
+                r.key.case_id
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_write_in_a_batch_fails_alone_and_the_others_are_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir).await;
+        let rows: Vec<DeliveryRow> = (0..9).map(intent).collect();
+        let bad = db.write_one(
+            "certdc",
+            "writing into a missing table",
+            Stmt::new("INSERT INTO no_such_table (x) VALUES ($1)").bind(1),
+        );
+        let good = futures_util::future::join_all(rows.iter().map(|r| db.record_intent(r)));
+        let (bad, good) = tokio::join!(bad, good);
+        match bad {
+            Err(StateError::Query { doing, .. }) => {
+                assert_eq!(doing, "writing into a missing table")
+            }
+            other => panic!("the failing write was answered {other:?}"),
+        }
+        assert!(good.iter().all(Result::is_ok), "{good:?}");
+        for r in &rows {
+            assert!(
+                db.delivery(&r.key).await.unwrap().is_some(),
+                "{}",
+                r.key.case_id
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_write_after_close_is_refused_instead_of_waiting() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = open(&dir).await;
+        db.record_intent(&intent(1)).await.unwrap();
+        db.close().await;
+        let late = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            db.record_intent(&intent(2)),
+        )
+        .await
+        .expect("a write after close hung");
+        assert!(late.is_err(), "a write after close was accepted");
+    }
 }
