@@ -148,7 +148,6 @@ impl Committer {
     }
 
     /// Transactions committed so far.
-    #[cfg(test)]
     pub(crate) fn commits(&self) -> u64 {
         self.commits.load(Ordering::Relaxed)
     }
@@ -175,6 +174,7 @@ impl Committer {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Close(done)).is_ok() {
             let _ = wait.await;
+            tracing::debug!(commits = self.commits(), "state database: group commit closed");
         }
     }
 }
