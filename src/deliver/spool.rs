@@ -526,13 +526,13 @@ impl PendingEntry {
             files.finished.remove(rel_path);
             files.writing.insert(rel_path.to_string());
         }
-        let gid = self.gid;
-        let opening = path.clone();
-        let file = tokio::task::spawn_blocking(move || create_private_file(&opening, gid))
-            .await
-            .map_err(|e| io_err("create", &path)(io::Error::other(e)))??;
+        // The file itself is created when its bytes outgrow the buffer, or when it is
+        // finished: a small file (most attachments) costs one trip to a blocking thread
+        // (create, write, fsync) instead of two.
         Ok(FileWriter {
-            out: BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file)),
+            out: None,
+            early: Vec::new(),
+            gid: self.gid,
             hasher: Sha256::new(),
             written: 0,
             rel_path: rel_path.to_string(),
@@ -727,7 +727,11 @@ impl PendingEntry {
 /// A file of an entry being written: buffered, hashed as it goes.
 #[derive(Debug)]
 pub struct FileWriter {
-    out: BufWriter<tokio::fs::File>,
+    /// The file, once created (see [`PendingEntry::create_file`]).
+    out: Option<BufWriter<tokio::fs::File>>,
+    /// The bytes received before the file was created (at most [`WRITE_BUFFER`]).
+    early: Vec<u8>,
+    gid: Option<libc::gid_t>,
     hasher: Sha256,
     written: u64,
     rel_path: String,
@@ -738,8 +742,32 @@ pub struct FileWriter {
 
 impl FileWriter {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
-        self.out
-            .write_all(chunk)
+        let out = match &mut self.out {
+            Some(out) => out,
+            None if self.early.len() + chunk.len() <= WRITE_BUFFER => {
+                if self.early.capacity() == 0 {
+                    self.early.reserve_exact(WRITE_BUFFER);
+                }
+                self.early.extend_from_slice(chunk);
+                self.hasher.update(chunk);
+                self.written += chunk.len() as u64;
+                return Ok(());
+            }
+            None => {
+                let (gid, opening) = (self.gid, self.path.clone());
+                let file = tokio::task::spawn_blocking(move || create_private_file(&opening, gid))
+                    .await
+                    .map_err(|e| io_err("create", &self.path)(io::Error::other(e)))??;
+                let mut out =
+                    BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+                let early = std::mem::take(&mut self.early);
+                out.write_all(&early)
+                    .await
+                    .map_err(io_err("write", &self.path))?;
+                self.out.insert(out)
+            }
+        };
+        out.write_all(chunk)
             .await
             .map_err(io_err("write", &self.path))?;
         self.hasher.update(chunk);
@@ -753,24 +781,34 @@ impl FileWriter {
 
     /// Flushes and fsyncs the file, records it in the entry, and says what was written.
     pub async fn finish(mut self) -> Result<WrittenFile, SpoolError> {
-        // The write in flight, if any, completed and its error reported (the file's own
-        // flush; what the buffer holds is not written by it)...
-        self.out
-            .get_mut()
-            .flush()
-            .await
-            .map_err(io_err("write", &self.path))?;
-        // ...then what is still buffered written, and the file fsynced, in one trip to a
-        // blocking thread.
-        let rest = self.out.buffer().to_vec();
-        let mut file = self.out.into_inner().into_std().await;
         let path = self.path.clone();
-        tokio::task::spawn_blocking(move || {
-            file.write_all(&rest).map_err(io_err("write", &path))?;
-            file.sync_all().map_err(io_err("fsync", &path))
-        })
-        .await
-        .map_err(|e| io_err("fsync", &self.path)(io::Error::other(e)))??;
+        match self.out.take() {
+            // A small file: created, written and fsynced in one trip to a blocking thread.
+            None => {
+                let (gid, bytes) = (self.gid, std::mem::take(&mut self.early));
+                tokio::task::spawn_blocking(move || write_durably(&path, gid, &bytes))
+                    .await
+                    .map_err(|e| io_err("fsync", &self.path)(io::Error::other(e)))??;
+            }
+            Some(mut out) => {
+                // The write in flight, if any, completed and its error reported (the file's
+                // own flush; what the buffer holds is not written by it)...
+                out.get_mut()
+                    .flush()
+                    .await
+                    .map_err(io_err("write", &self.path))?;
+                // ...then what is still buffered written, and the file fsynced, in one trip
+                // to a blocking thread.
+                let rest = out.buffer().to_vec();
+                let mut file = out.into_inner().into_std().await;
+                tokio::task::spawn_blocking(move || {
+                    file.write_all(&rest).map_err(io_err("write", &path))?;
+                    file.sync_all().map_err(io_err("fsync", &path))
+                })
+                .await
+                .map_err(|e| io_err("fsync", &self.path)(io::Error::other(e)))??;
+            }
+        }
         let sha256: [u8; 32] = self.hasher.finalize().into();
         let written = WrittenFile {
             rel_path: self.rel_path,
@@ -1138,6 +1176,56 @@ mod tests {
         assert_eq!(read.attachments[0].size, 1000);
         // Nothing left behind in tmp/.
         assert_eq!(fs::read_dir(spool.root().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_small_file_is_created_only_when_finished_and_then_whole() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::open(root.path(), None).unwrap();
+        let mut entry = spool.begin("E~small").unwrap();
+        let rel = entry.attachment_path("acte.pdf");
+        let mut w = entry.create_file(&rel).await.unwrap();
+        let bytes: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for chunk in bytes.chunks(16 * 1024) {
+            w.write(chunk).await.unwrap();
+        }
+        let path = entry.dir().join(&rel);
+        assert!(
+            !path.exists(),
+            "a small file was created before it was finished"
+        );
+        let written = w.finish().await.unwrap();
+        assert_eq!(fs::read(&path).unwrap(), bytes);
+        assert_eq!(written.sha256, <[u8; 32]>::from(Sha256::digest(&bytes)));
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, FILE_MODE, "{mode:o}");
+    }
+
+    #[tokio::test]
+    async fn a_file_larger_than_the_buffer_is_written_while_it_streams() {
+        let root = tempfile::tempdir().unwrap();
+        let spool = Spool::open(root.path(), None).unwrap();
+        let mut entry = spool.begin("E~large").unwrap();
+        let rel = entry.attachment_path("scan.pdf");
+        let mut w = entry.create_file(&rel).await.unwrap();
+        let bytes: Vec<u8> = (0..3 * WRITE_BUFFER as u32)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        for chunk in bytes.chunks(60 * 1024) {
+            w.write(chunk).await.unwrap();
+        }
+        let path = entry.dir().join(&rel);
+        assert!(
+            path.exists(),
+            "a file larger than the buffer waited for its end"
+        );
+        assert!(
+            fs::metadata(&path).unwrap().len() > 0,
+            "nothing written while streaming"
+        );
+        let written = w.finish().await.unwrap();
+        assert_eq!(written.size, bytes.len() as u64);
+        assert_eq!(fs::read(&path).unwrap(), bytes);
     }
 
     #[tokio::test]

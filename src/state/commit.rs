@@ -174,7 +174,10 @@ impl Committer {
         let (done, wait) = oneshot::channel();
         if self.tx.send(Msg::Close(done)).is_ok() {
             let _ = wait.await;
-            tracing::debug!(commits = self.commits(), "state database: group commit closed");
+            tracing::debug!(
+                commits = self.commits(),
+                "state database: group commit closed"
+            );
         }
     }
 }
