@@ -238,14 +238,8 @@ async fn commit_batch(
         },
     };
     if jobs.len() > 1 {
-        let together = async {
-            let mut tx = c.begin().await?;
-            for s in jobs.iter().flat_map(|j| &j.stmts) {
-                s.execute(&mut tx).await?;
-            }
-            tx.commit().await
-        }
-        .await;
+        let all: Vec<&Stmt> = jobs.iter().flat_map(|j| j.stmts.iter()).collect();
+        let together = in_transaction(c, &all).await;
         if together.is_ok() {
             commits.fetch_add(1, Ordering::Relaxed);
             for job in jobs {
@@ -257,14 +251,8 @@ async fn commit_batch(
     // One write, or a batch that failed: each alone, with its own outcome.
     let mut broken = false;
     for job in jobs {
-        let alone = async {
-            let mut tx = c.begin().await?;
-            for s in &job.stmts {
-                s.execute(&mut tx).await?;
-            }
-            tx.commit().await
-        }
-        .await;
+        let own: Vec<&Stmt> = job.stmts.iter().collect();
+        let alone = in_transaction(c, &own).await;
         if alone.is_ok() {
             commits.fetch_add(1, Ordering::Relaxed);
         }
@@ -277,6 +265,15 @@ async fn commit_batch(
     if broken {
         *conn = None;
     }
+}
+
+/// Runs `stmts` in one transaction, committed (rolled back if one fails).
+async fn in_transaction(c: &mut AnyConnection, stmts: &[&Stmt]) -> Result<(), sqlx::Error> {
+    let mut tx = c.begin().await?;
+    for s in stmts {
+        s.execute(&mut tx).await?;
+    }
+    tx.commit().await
 }
 
 /// A SQLite connection set up as the pool's are.
