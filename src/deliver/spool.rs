@@ -742,34 +742,32 @@ pub struct FileWriter {
 
 impl FileWriter {
     pub async fn write(&mut self, chunk: &[u8]) -> Result<(), SpoolError> {
-        let out = match &mut self.out {
-            Some(out) => out,
-            None if self.early.len() + chunk.len() <= WRITE_BUFFER => {
-                if self.early.capacity() == 0 {
-                    self.early.reserve_exact(WRITE_BUFFER);
+        if self.out.is_none() && self.early.len() + chunk.len() <= WRITE_BUFFER {
+            if self.early.capacity() == 0 {
+                self.early.reserve_exact(WRITE_BUFFER);
+            }
+            self.early.extend_from_slice(chunk);
+        } else {
+            let out = match &mut self.out {
+                Some(out) => out,
+                None => {
+                    let (gid, opening) = (self.gid, self.path.clone());
+                    let file =
+                        tokio::task::spawn_blocking(move || create_private_file(&opening, gid))
+                            .await
+                            .map_err(|e| io_err("create", &self.path)(io::Error::other(e)))??;
+                    let mut out =
+                        BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
+                    out.write_all(&std::mem::take(&mut self.early))
+                        .await
+                        .map_err(io_err("write", &self.path))?;
+                    self.out.insert(out)
                 }
-                self.early.extend_from_slice(chunk);
-                self.hasher.update(chunk);
-                self.written += chunk.len() as u64;
-                return Ok(());
-            }
-            None => {
-                let (gid, opening) = (self.gid, self.path.clone());
-                let file = tokio::task::spawn_blocking(move || create_private_file(&opening, gid))
-                    .await
-                    .map_err(|e| io_err("create", &self.path)(io::Error::other(e)))??;
-                let mut out =
-                    BufWriter::with_capacity(WRITE_BUFFER, tokio::fs::File::from_std(file));
-                let early = std::mem::take(&mut self.early);
-                out.write_all(&early)
-                    .await
-                    .map_err(io_err("write", &self.path))?;
-                self.out.insert(out)
-            }
-        };
-        out.write_all(chunk)
-            .await
-            .map_err(io_err("write", &self.path))?;
+            };
+            out.write_all(chunk)
+                .await
+                .map_err(io_err("write", &self.path))?;
+        }
         self.hasher.update(chunk);
         self.written += chunk.len() as u64;
         Ok(())

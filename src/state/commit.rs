@@ -125,15 +125,6 @@ pub(crate) struct Committer {
     commits: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for Msg {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Msg::Write(_) => "Write",
-            Msg::Close(_) => "Close",
-        })
-    }
-}
-
 /// At most this many writes in one transaction (a bound on the time a batch holds the lock).
 const MAX_BATCH: usize = 128;
 
