@@ -1115,39 +1115,18 @@ impl StateDb {
             event_id,
             detail,
         };
-        let seq = self.insert_activity(&mut tx, subscription, &note).await?;
+        for stmt in activity_stmts(subscription, now_ms(), &note) {
+            stmt.execute(&mut tx)
+                .await
+                .map_err(self.q("recording activity"))?;
+        }
+        // Ours: the counter's row stays locked by this transaction until it commits.
+        let seq: i64 = sqlx::query("SELECT value FROM hubee_sync_counter WHERE name = 'activity'")
+            .fetch_one(&mut *tx)
+            .await
+            .and_then(|r| r.try_get::<i64, _>(0))
+            .map_err(self.q("recording activity"))?;
         tx.commit().await.map_err(self.q("recording activity"))?;
-        Ok(seq)
-    }
-
-    async fn insert_activity(
-        &self,
-        conn: &mut sqlx::AnyConnection,
-        subscription: &str,
-        note: &ActivityNote<'_>,
-    ) -> Result<i64, StateError> {
-        let seq: i64 = sqlx::query(
-            "UPDATE hubee_sync_counter SET value = value + 1 WHERE name = 'activity' RETURNING value",
-        )
-        .fetch_one(&mut *conn)
-        .await
-        .and_then(|r| r.try_get::<i64, _>(0))
-        .map_err(self.q("recording activity"))?;
-        sqlx::query(
-            "INSERT INTO activity (seq, subscription, at, kind, case_id, external_id, event_id, detail)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(seq)
-        .bind(subscription)
-        .bind(now_ms())
-        .bind(note.kind)
-        .bind(note.case_id.map(str::to_string))
-        .bind(note.external_id.map(str::to_string))
-        .bind(note.event_id.map(str::to_string))
-        .bind(note.detail.to_string())
-        .execute(&mut *conn)
-        .await
-        .map_err(self.q("recording activity"))?;
         Ok(seq)
     }
 
@@ -1181,23 +1160,7 @@ impl StateDb {
         .bind(receipt.map(|r| r.0))
         .bind(receipt.map(|r| r.1))];
         if let Some(note) = &note {
-            // The activity record, numbered in the same transaction (as `insert_activity`).
-            stmts.push(Stmt::new(
-                "UPDATE hubee_sync_counter SET value = value + 1 WHERE name = 'activity'",
-            ));
-            stmts.push(
-                Stmt::new(
-                    "INSERT INTO activity (seq, subscription, at, kind, case_id, external_id, event_id, detail)
-                     VALUES ((SELECT value FROM hubee_sync_counter WHERE name = 'activity'), $1, $2, $3, $4, $5, $6, $7)",
-                )
-                .bind(&key.subscription)
-                .bind(now)
-                .bind(note.kind)
-                .bind(note.case_id)
-                .bind(note.external_id)
-                .bind(note.event_id)
-                .bind(note.detail.to_string()),
-            );
+            stmts.extend(activity_stmts(&key.subscription, now, note));
         }
         // Fenced under a cluster, and one transaction in any case.
         self.write_all(&key.subscription, "recording a publication", stmts)
@@ -1236,6 +1199,25 @@ impl StateDb {
         }
         self.pool.close().await;
     }
+}
+
+/// An activity record as the two statements that write it in one transaction: the counter
+/// moves on, and the record takes its new value as `seq`.
+fn activity_stmts(subscription: &str, at: i64, note: &ActivityNote<'_>) -> [Stmt; 2] {
+    [
+        Stmt::new("UPDATE hubee_sync_counter SET value = value + 1 WHERE name = 'activity'"),
+        Stmt::new(
+            "INSERT INTO activity (seq, subscription, at, kind, case_id, external_id, event_id, detail)
+             VALUES ((SELECT value FROM hubee_sync_counter WHERE name = 'activity'), $1, $2, $3, $4, $5, $6, $7)",
+        )
+        .bind(subscription)
+        .bind(at)
+        .bind(note.kind)
+        .bind(note.case_id)
+        .bind(note.external_id)
+        .bind(note.event_id)
+        .bind(note.detail.to_string()),
+    ]
 }
 
 /// An `activity` row (columns seq, subscription, at, kind, case_id, external_id, event_id,
