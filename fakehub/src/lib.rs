@@ -85,6 +85,87 @@ pub enum Fault {
     SlowBody { chunk_delay_ms: u64 },
     /// The request's bearer token dies: 401 with the WSO2 900901 body, now and afterwards.
     KillToken,
+    /// Downloads: send `after_bytes` bytes chunked (no `Content-Length`), then end the body
+    /// cleanly with a success status: the hub's real behaviour when a body is cut short
+    /// (§10.10). Only a client that counts bytes against `size` notices.
+    CutShort { after_bytes: u64 },
+}
+
+/// How the hub behaves where the evidence allows several readings (PROTOCOL §10). Each test
+/// says which hub it runs against; `Default` is the hub the evidence points to.
+/// In JSON (`POST /_fake/behaviour`, partial objects merge): camelCase field names.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(default, rename_all = "camelCase", deny_unknown_fields)]
+pub struct HubBehaviour {
+    /// An SI event's `caseNewStatus` moves the case (§10.1, [PY25]); `false`: only PATCH does.
+    pub events_move_status: bool,
+    /// An SI event whose `caseCurrentStatus` is not the case's status, or whose change breaks
+    /// the status table (or the démarche's forbidden statuses), is refused with 400; `false`:
+    /// accepted (and the status moves only along the table).
+    pub strict_events: bool,
+    /// A PATCH to the status the case already has: 400 "Case status cannot change from X to
+    /// X" (`true`), or a 204 no-op (§10.9).
+    pub same_status_patch_refused: bool,
+    /// Downloads are sent chunked, without `Content-Length` (§10.10, [PV2]).
+    pub chunked_downloads: bool,
+    /// Events a case may hold; past it every event POST is refused, for good (§10.17).
+    pub max_events_per_case: Option<usize>,
+    /// The SI's own pieces come back with `type: null` (§10.22).
+    pub si_attachment_type_null: bool,
+    /// Per processCode, the statuses the démarche forbids (§10.19, e.g. `REFUSED`).
+    pub forbidden_statuses: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+impl Default for HubBehaviour {
+    fn default() -> Self {
+        HubBehaviour {
+            events_move_status: true,
+            strict_events: true,
+            same_status_patch_refused: true,
+            chunked_downloads: true,
+            max_events_per_case: None,
+            si_attachment_type_null: false,
+            forbidden_statuses: Default::default(),
+        }
+    }
+}
+
+impl HubBehaviour {
+    /// The hub of the documents before §10.1 was revised: only PATCH moves a case, events are
+    /// not checked, a PATCH to the current status is a no-op, downloads carry
+    /// `Content-Length`.
+    pub fn patch_only() -> Self {
+        HubBehaviour {
+            events_move_status: false,
+            strict_events: false,
+            same_status_patch_refused: false,
+            chunked_downloads: false,
+            ..HubBehaviour::default()
+        }
+    }
+}
+
+/// What a portal agent does to a case (§10.18). JSON: `{"SetStatus":"DONE"}`,
+/// `{"Message":"…"}`, `"AttachDl"`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum AgentAction {
+    /// Moves the case forward as the portal offers it (§10.19).
+    SetStatus(String),
+    /// Posts a `SENDING_MESSAGE` event.
+    Message(String),
+    /// Records a download of the case's pieces (`ATTACH_DL`, `notification: false`).
+    AttachDl,
+}
+
+/// The background portal agent; it stops when dropped.
+pub struct AgentHandle {
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// One request received by the fake (admin routes under `/_fake/` are not recorded).
@@ -101,6 +182,8 @@ pub struct RequestRecord {
     /// Every request header. Names are lower-case (HTTP header names are case-insensitive and
     /// hyper normalises them): use [`RequestRecord::header`] to look one up.
     pub headers: Vec<(String, String)>,
+    /// The JSON body, for requests that carry one (PATCH, POST event).
+    pub body: Option<Value>,
 }
 
 impl RequestRecord {
@@ -191,6 +274,8 @@ pub struct FakeHub {
 pub(crate) struct Inner {
     addr: SocketAddr,
     state: Mutex<State>,
+    /// The background agent started by the admin route `/_fake/agent`.
+    pub(crate) agent: Mutex<Option<AgentHandle>>,
 }
 
 impl Inner {
@@ -220,6 +305,7 @@ impl FakeHub {
         let inner = Arc::new(Inner {
             addr,
             state: Mutex::new(State::new(fastrand::u64(..))),
+            agent: Mutex::new(None),
         });
         tokio::spawn(server::accept_loop(listener, Arc::clone(&inner)));
         Ok(FakeHub { inner })
@@ -346,6 +432,66 @@ impl FakeHub {
     /// [CI] column only.
     pub fn set_strict_transitions(&self, strict: bool) {
         self.inner.state().strict = strict;
+    }
+
+    /// The hub's behaviour where the evidence allows several (see [`HubBehaviour`]).
+    pub fn set_behaviour(&self, b: HubBehaviour) {
+        self.inner.state().behaviour = b;
+    }
+
+    pub fn behaviour(&self) -> HubBehaviour {
+        self.inner.state().behaviour.clone()
+    }
+
+    /// Changes part of the behaviour.
+    pub fn update_behaviour(&self, f: impl FnOnce(&mut HubBehaviour)) {
+        f(&mut self.inner.state().behaviour);
+    }
+
+    /// A portal agent acts on the case now (§10.18); `Err` says why the portal would not.
+    pub fn agent_act(&self, case_id: &str, action: AgentAction) -> Result<(), String> {
+        self.inner.state().agent_act(case_id, action)
+    }
+
+    /// A portal agent acts on the case when the next request of `route` on that case (any
+    /// case when `None`) arrives, before it is handled: someone else's write between a
+    /// client's read and its write.
+    pub fn agent_before(&self, route: Route, case_id: Option<&str>, action: AgentAction) {
+        self.inner
+            .state()
+            .agent_before(route, case_id.map(str::to_string), action);
+    }
+
+    /// Starts a portal agent that acts on a random open case every `every` (seeded): moves it
+    /// forward, posts a message, or records a download. Stops when the handle is dropped.
+    pub fn start_agent(&self, seed: u64, every: std::time::Duration) -> AgentHandle {
+        let inner = Arc::clone(&self.inner);
+        inner.state().reseed_agent(seed);
+        let task = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every.max(std::time::Duration::from_millis(1)));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                inner.state().agent_random_step();
+            }
+        });
+        AgentHandle { task }
+    }
+
+    /// What the portal agent did: `{caseId, action, statusAfter, ok, error}` each.
+    pub fn agent_log(&self) -> Vec<Value> {
+        self.inner.state().agent_log()
+    }
+
+    /// Every status change of the case: `{from, to, by}`, `by` = `patch`, `event:{id}`,
+    /// `agent` or `osl`.
+    pub fn status_history(&self, case_id: &str) -> Vec<Value> {
+        self.inner.state().status_history(case_id)
+    }
+
+    /// The SI's own events on the case, each with the case's real status when it was posted.
+    pub fn si_event_audit(&self, case_id: &str) -> Vec<(Value, String)> {
+        self.inner.state().si_event_audit(case_id)
     }
 
     /// Changes the status of a case attachment (or, failing that, of an event attachment of

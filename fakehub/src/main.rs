@@ -25,11 +25,16 @@ struct Args {
     lazy_digests: bool,
     /// More clients with empty queues, `{client_id}-0` … (editor-scale benchmarks).
     clients: u64,
+    /// The hub's behaviour (PROTOCOL §10): the default, or changed by `--patch-only` and
+    /// `--behaviour JSON` (camelCase fields of `HubBehaviour`, merged).
+    behaviour: fake_hubee::HubBehaviour,
+    /// A portal agent acting every N ms (§10.18).
+    agent_every_ms: Option<u64>,
 }
 
 const USAGE: &str = "usage: fake-hubee [--listen ADDR] [--client-id ID] [--client-secret SECRET] \
 [--process-code CODE] [--cases N] [--files N] [--file-size BYTES[K|M|G]] [--seed N] [--lazy-digests] \
-[--extra-clients N]";
+[--extra-clients N] [--patch-only] [--behaviour JSON] [--agent-every-ms N]";
 
 /// `1048576`, `512K`, `1M`, `1G` (powers of 1024).
 fn parse_size(s: &str) -> Option<u64> {
@@ -54,6 +59,8 @@ fn parse_args() -> Result<Args, String> {
         seed: None,
         lazy_digests: false,
         clients: 0,
+        behaviour: fake_hubee::HubBehaviour::default(),
+        agent_every_ms: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -62,6 +69,10 @@ fn parse_args() -> Result<Args, String> {
         }
         if flag == "--lazy-digests" {
             a.lazy_digests = true;
+            continue;
+        }
+        if flag == "--patch-only" {
+            a.behaviour = fake_hubee::HubBehaviour::patch_only();
             continue;
         }
         let (flag, value) = match flag.split_once('=') {
@@ -91,6 +102,19 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => a.seed = Some(value.parse().map_err(|_| bad("a number"))?),
             "--extra-clients" => a.clients = value.parse().map_err(|_| bad("a number"))?,
+            "--agent-every-ms" => {
+                a.agent_every_ms = Some(value.parse().map_err(|_| bad("a number"))?)
+            }
+            "--behaviour" => {
+                let mut current = serde_json::to_value(&a.behaviour).map_err(|e| e.to_string())?;
+                let changes: serde_json::Map<String, serde_json::Value> =
+                    serde_json::from_str(&value).map_err(|_| bad("a JSON object"))?;
+                for (k, x) in changes {
+                    current[k] = x;
+                }
+                a.behaviour = serde_json::from_value(current)
+                    .map_err(|e| format!("--behaviour: {e}\n{USAGE}"))?;
+            }
             _ => return Err(format!("unknown argument {flag}\n{USAGE}")),
         }
     }
@@ -103,6 +127,7 @@ async fn run(a: Args) -> Result<(), String> {
         .map_err(|e| format!("cannot listen on {}: {e}", a.listen))?;
     let seed = a.seed.unwrap_or_else(|| fastrand_seed(&a));
     hub.reseed(seed);
+    hub.set_behaviour(a.behaviour.clone());
     hub.add_client(&a.client_id, &a.client_secret, &a.process_code);
     hub.add_generated_cases(&a.client_id, a.cases, a.files, a.file_size, seed);
     for i in 0..a.clients {
@@ -125,6 +150,9 @@ async fn run(a: Args) -> Result<(), String> {
     );
     let _ = out.flush();
     drop(out);
+    let _agent = a
+        .agent_every_ms
+        .map(|ms| hub.start_agent(seed, std::time::Duration::from_millis(ms)));
     wait_for_signal().await
 }
 

@@ -204,6 +204,10 @@ impl Resp {
 struct Delivery {
     truncate_after: Option<u64>,
     chunk_delay: Option<Duration>,
+    /// No `Content-Length`: the body goes out chunked (§10.10).
+    chunked: bool,
+    /// Chunked, and the body ends cleanly after this many bytes (`Fault::CutShort`).
+    cut_short: Option<u64>,
 }
 
 struct Streamer {
@@ -222,14 +226,15 @@ fn into_hyper(resp: Resp, delivery: Delivery, ctl: &Arc<ConnCtl>) -> Response<Re
     for (k, v) in &resp.headers {
         builder = builder.header(*k, v.as_str());
     }
-    if resp.status != 204 {
+    if resp.status != 204 && !delivery.chunked {
         // Announced in full even when the body will be cut short (Fault::TruncateBody).
         builder = builder.header("content-length", len.to_string());
     }
     if delivery.truncate_after.is_some() {
         builder = builder.header("connection", "close");
     }
-    let plain = delivery.truncate_after.is_none() && delivery.chunk_delay.is_none();
+    let plain =
+        delivery.truncate_after.is_none() && delivery.chunk_delay.is_none() && !delivery.chunked;
     let body: RespBody = match resp.body {
         Body::Empty if resp.status == 204 => Full::new(Bytes::new())
             .map_err(|never| match never {})
@@ -245,7 +250,10 @@ fn into_hyper(resp: Resp, delivery: Delivery, ctl: &Arc<ConnCtl>) -> Response<Re
             let st = Streamer {
                 body,
                 offset: 0,
-                end: delivery.truncate_after.map_or(len, |n| n.min(len)),
+                end: delivery
+                    .truncate_after
+                    .or(delivery.cut_short)
+                    .map_or(len, |n| n.min(len)),
                 chunk,
                 delay: delivery.chunk_delay,
                 truncate: delivery.truncate_after.is_some(),
@@ -454,6 +462,8 @@ struct Ctx {
     path: String,
     query: Vec<(String, String)>,
     headers: HeaderMap,
+    /// The JSON body once read, for the request record.
+    body: std::sync::Mutex<Option<Value>>,
 }
 
 impl Ctx {
@@ -497,6 +507,7 @@ async fn handle(
         path: parts.uri.path().to_string(),
         query: parse_urlencoded(parts.uri.query().unwrap_or("")),
         headers: parts.headers,
+        body: std::sync::Mutex::new(None),
     };
     if let Some(sub) = ctx.path.strip_prefix("/_fake/") {
         let sub = sub.to_string();
@@ -530,6 +541,7 @@ async fn handle(
                 )
             })
             .collect(),
+        body: None,
     };
     // Faults are drawn when the request arrives, before anything else happens.
     let (idx, fault) = {
@@ -590,7 +602,11 @@ async fn handle(
         }
         _ => match target {
             Target::Token => token(&inner, &ctx, body).await,
-            Target::Api(route, ids) => api(&inner, &ctx, route, &ids, body).await,
+            Target::Api(route, ids) => {
+                // Someone else's write, hooked on this request, lands just before it.
+                inner.state().run_agent_hooks(route, ids.case.as_deref());
+                api(&inner, &ctx, route, &ids, body).await
+            }
             Target::Folders => match inner.state().authenticate(ctx.bearer()) {
                 Ok(_) => Resp::err(ApiErr::forbidden()),
                 Err(e) => Resp::err(e),
@@ -603,13 +619,28 @@ async fn handle(
         },
     };
 
+    if let Some(v) = ctx.body.lock().ok().and_then(|mut b| b.take()) {
+        inner.state().set_record_body(idx, v);
+    }
     let mut delivery = Delivery::default();
+    let download = matches!(route, Some(Route::GetAttachment | Route::GetEventAttachment));
+    if download && resp.status == 200 && inner.state().behaviour.chunked_downloads {
+        delivery.chunked = true;
+    }
     match &fault {
         Some(Fault::ResetAfterEffect) => {
             inner.state().finish_record(idx, None);
             return drop_connection(&ctl).await;
         }
-        Some(Fault::TruncateBody { after_bytes }) => delivery.truncate_after = Some(*after_bytes),
+        Some(Fault::TruncateBody { after_bytes }) => {
+            // Announces the full length whatever the behaviour: that is the fault.
+            delivery.truncate_after = Some(*after_bytes);
+            delivery.chunked = false;
+        }
+        Some(Fault::CutShort { after_bytes }) if download && resp.status == 200 => {
+            delivery.chunked = true;
+            delivery.cut_short = Some(*after_bytes);
+        }
         Some(Fault::SlowBody { chunk_delay_ms }) => {
             delivery.chunk_delay = Some(Duration::from_millis(*chunk_delay_ms))
         }
@@ -684,6 +715,43 @@ async fn admin(inner: &Arc<Inner>, ctx: &Ctx, sub: &str, body: Incoming) -> Res<
         "token_lifetime" => hub.set_token_lifetime(need(&v, "secs")?),
         // {"strict":true}
         "strict_transitions" => hub.set_strict_transitions(need(&v, "strict")?),
+        // Part of HubBehaviour, camelCase: {"eventsMoveStatus":false,"maxEventsPerCase":20}
+        "behaviour" => {
+            let mut current = serde_json::to_value(hub.behaviour())
+                .map_err(|e| ApiErr::bad(&format!("admin: {e}")))?;
+            let Value::Object(changes) = v else {
+                return Err(ApiErr::bad("admin: behaviour takes a JSON object"));
+            };
+            for (k, x) in changes {
+                current[k] = x;
+            }
+            let b: crate::HubBehaviour = serde_json::from_value(current)
+                .map_err(|e| ApiErr::bad(&format!("admin: bad behaviour: {e}")))?;
+            hub.set_behaviour(b);
+            return Ok(Resp::json(200, &serde_json::to_value(hub.behaviour()).unwrap_or(Value::Null)));
+        }
+        // {"caseId":"…","action":{"SetStatus":"DONE"}}
+        "agent/act" => {
+            let id: String = need(&v, "caseId")?;
+            case_exists(&id)?;
+            if let Err(e) = hub.agent_act(&id, need(&v, "action")?) {
+                return Err(ApiErr::new(409, &format!("admin: the portal refuses: {e}")));
+            }
+        }
+        // {"everyMs":200,"seed":1} starts the background agent; {"stop":true} stops it.
+        "agent" => {
+            let stop: bool = field(&v, "stop")?.unwrap_or(false);
+            let handle = if stop {
+                None
+            } else {
+                let every: u64 = field(&v, "everyMs")?.unwrap_or(200);
+                let seed: u64 = field(&v, "seed")?.unwrap_or(0);
+                Some(hub.start_agent(seed, Duration::from_millis(every)))
+            };
+            if let Ok(mut slot) = inner.agent.lock() {
+                *slot = handle;
+            }
+        }
         // {"seed":7} or {"seed":null}
         "shuffle" => hub.set_shuffle(field(&v, "seed")?),
         // {"clientId":"demo","count":5,"files":2,"fileSize":1048576,"seed":1}
@@ -1046,8 +1114,12 @@ fn check_content_type(ctx: &Ctx, expected: &str) -> Res<()> {
 async fn read_json(ctx: &Ctx, body: Incoming) -> Res<Value> {
     check_content_type(ctx, "application/json")?;
     let raw = read_limited(body, JSON_LIMIT).await?;
-    serde_json::from_slice(&raw)
-        .map_err(|e| ctx.invalid("body", &format!("Unable to parse JSON - {e}")))
+    let v: Value = serde_json::from_slice(&raw)
+        .map_err(|e| ctx.invalid("body", &format!("Unable to parse JSON - {e}")))?;
+    if let Ok(mut b) = ctx.body.lock() {
+        *b = Some(v.clone());
+    }
+    Ok(v)
 }
 
 fn json_type(v: &Value) -> &'static str {

@@ -4,7 +4,7 @@
 
 use crate::content::{hex, Content};
 use crate::util::{envelope, now_rfc3339, uuid_v4, TimeStyle};
-use crate::{AttachmentSpec, CaseSpec, Fault, OslEvent, RequestRecord, Route};
+use crate::{AgentAction, AttachmentSpec, CaseSpec, Fault, HubBehaviour, OslEvent, RequestRecord, Route};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
@@ -112,6 +112,8 @@ pub(crate) struct Att {
     blob: Blob,
     /// base64 SHA-256 of the bytes served, computed lazily for big generated files.
     digest: Arc<OnceCell<String>>,
+    /// §10.22: an SI's piece may come back without its `type` (`HubBehaviour`).
+    hide_type: bool,
 }
 
 impl Att {
@@ -133,6 +135,7 @@ impl Att {
             size: spec.declared_size.unwrap_or_else(|| content.len()),
             blob: Blob::Content(content),
             digest,
+            hide_type: false,
         }
     }
 
@@ -141,7 +144,7 @@ impl Att {
             "id": self.id,
             "status": self.status,
             "fileName": self.file_name,
-            "type": self.type_,
+            "type": if self.hide_type { Value::Null } else { Value::from(self.type_.as_str()) },
             "size": self.size,
             "mimeType": self.mime_type,
         })
@@ -184,6 +187,8 @@ pub(crate) struct Download {
 pub(crate) enum Side {
     Si(String),
     Osl,
+    /// An agent of the same organisation working the case in the portal (§10.18).
+    Portal,
 }
 
 pub(crate) struct Event {
@@ -203,6 +208,8 @@ pub(crate) struct Event {
     create: String,
     update: Option<String>,
     attachments: Vec<Att>,
+    /// The case's real status when the event was posted (for checkers; not served).
+    actual_at_post: String,
 }
 
 impl Event {
@@ -242,6 +249,11 @@ pub(crate) struct Case {
     /// Event ids, oldest first (events live in `State::events`).
     events: Vec<String>,
     patches: Vec<String>,
+    /// Every status change, oldest first: (from, to, cause) with cause `patch`,
+    /// `event:{id}`, `agent`, `osl` (for checkers; not served).
+    history: Vec<(String, String, String)>,
+    /// The portal agent downloaded a piece (it withholds final statuses before, §10.19).
+    agent_downloaded: bool,
 }
 
 pub(crate) struct Notification {
@@ -283,7 +295,11 @@ pub(crate) fn transition_allowed(from: &str, to: &str, strict: bool) -> bool {
             &["SI_RECEIVED", "IN_PROGRESS", "ADD_AWAITING"],
             &["HUBEE_NOTIFIED", "SENT"],
         ),
-        "DONE" => (&["SI_RECEIVED", "IN_PROGRESS", "ADD_AWAITING"], &["SENT"]),
+        "DONE" => (
+            &["SI_RECEIVED", "IN_PROGRESS", "ADD_AWAITING"],
+            // [PV2]: the portal offers REFUSED → DONE (§10.19).
+            &["SENT", "REFUSED"],
+        ),
         "SI_INTG_ERROR" => (
             &["SI_RECEIVED", "IN_PROGRESS", "ADD_AWAITING", "DONE"],
             &["HUBEE_NOTIFIED", "SENT"],
@@ -291,6 +307,20 @@ pub(crate) fn transition_allowed(from: &str, to: &str, strict: bool) -> bool {
         _ => (&[], &[]),
     };
     ci.contains(&from) || (!strict && seen.contains(&from))
+}
+
+/// The portal's forward order (§10.19): received → SI_RECEIVED → IN_PROGRESS → ADD_AWAITING →
+/// REFUSED → DONE; `None` for statuses the portal neither starts from nor sets.
+fn portal_rank(status: &str) -> Option<u8> {
+    Some(match status {
+        "HUBEE_NOTIFIED" | "SENT" => 0,
+        "SI_RECEIVED" => 1,
+        "IN_PROGRESS" => 2,
+        "ADD_AWAITING" => 3,
+        "REFUSED" => 4,
+        "DONE" => 5,
+        _ => return None,
+    })
 }
 
 /// §4 E1 RC002.
@@ -341,6 +371,14 @@ pub(crate) struct State {
     pub lenient_ids: bool,
     /// Test hooks: prefix of the `digest` header on downloads (e.g. `sha-256=`).
     pub digest_prefix: Option<String>,
+    /// How the hub behaves where the evidence allows several readings (§10).
+    pub behaviour: HubBehaviour,
+    /// Portal-agent actions to perform when a request of that route (on that case, or any)
+    /// arrives, before it is handled.
+    agent_hooks: Vec<(Route, Option<String>, AgentAction)>,
+    /// What the portal agent did: `{caseId, action, from, to, ok}`.
+    agent_log: Vec<Value>,
+    agent_rng: fastrand::Rng,
 }
 
 /// A rewrite of the case JSON served by `GET /cases/{id}` (see `FakeHub::rewrite_case_json`).
@@ -374,11 +412,19 @@ impl State {
             raw_notifications: Vec::new(),
             lenient_ids: false,
             digest_prefix: None,
+            behaviour: HubBehaviour::default(),
+            agent_hooks: Vec::new(),
+            agent_log: Vec::new(),
+            agent_rng: fastrand::Rng::with_seed(seed ^ 0x5eed),
         }
     }
 
     pub fn reseed(&mut self, seed: u64) {
         self.rng = fastrand::Rng::with_seed(seed);
+    }
+
+    pub fn reseed_agent(&mut self, seed: u64) {
+        self.agent_rng = fastrand::Rng::with_seed(seed);
     }
 
     // ---------------------------------------------------------------- setup (library API)
@@ -449,6 +495,8 @@ impl State {
             attachments,
             events: Vec::new(),
             patches: Vec::new(),
+            history: Vec::new(),
+            agent_downloaded: false,
         };
         self.cases.insert(id.clone(), case);
         self.case_order.push(id.clone());
@@ -496,6 +544,8 @@ impl State {
         let current = case.status.clone();
         if let Some(new) = &spec.case_new_status {
             // The OSL's own status change (folder PATCH, §8.6), which it reports in the event.
+            case.history
+                .push((current.clone(), new.clone(), "osl".to_string()));
             case.status = new.clone();
             case.update = Some(now_rfc3339(TimeStyle::Zulu));
         }
@@ -513,7 +563,7 @@ impl State {
             message: spec.message,
             comment: None,
             author: Some("Opérateur de service en ligne".to_string()),
-            case_current_status: spec.case_new_status.as_ref().map(|_| current),
+            case_current_status: spec.case_new_status.as_ref().map(|_| current.clone()),
             case_new_status: spec.case_new_status,
             partner_attributes: None,
             partner_info: json!({"editorName": "DGS", "applicationName": "Portail", "softwareVersion": "2.2.2"}),
@@ -521,6 +571,7 @@ impl State {
             create: now_rfc3339(TimeStyle::Offset),
             update: None,
             attachments,
+            actual_at_post: current.clone(),
         };
         case.events.push(id.clone());
         self.events.insert(id.clone(), ev);
@@ -805,6 +856,12 @@ impl State {
         self.records.len() - 1
     }
 
+    pub fn set_record_body(&mut self, idx: usize, body: Value) {
+        if let Some(r) = self.records.get_mut(idx) {
+            r.body = Some(body);
+        }
+    }
+
     pub fn finish_record(&mut self, idx: usize, status: Option<u16>) {
         if let Some(r) = self.records.get_mut(idx) {
             r.status = status;
@@ -1019,29 +1076,63 @@ impl State {
     pub fn patch_case(&mut self, client_id: &str, case_id: &str, status: &str) -> Res<()> {
         let strict = self.strict;
         self.owned_case(client_id, case_id)?;
-        let Some(c) = self.cases.get_mut(case_id) else {
-            return Err(ApiErr::new(404, "Case is not found"));
-        };
         if !SI_SETTABLE.contains(&status) {
             return Err(ApiErr::bad(&format!(
                 "Bad request : status {status} cannot be set by a service instructeur (allowed: {})",
                 SI_SETTABLE.join(", ")
             )));
         }
-        // A PATCH to the current status is accepted as a no-op (204): §10.9 says whether it
-        // errors is undocumented, and a client retrying after a lost answer (ResetAfterEffect)
-        // should not be punished by the fake for it. The no-op is still listed in `patches`.
-        if c.status != status && !transition_allowed(&c.status, status, strict) {
+        let same_refused = self.behaviour.same_status_patch_refused;
+        let forbidden = self.forbidden(case_id, status);
+        let Some(c) = self.cases.get_mut(case_id) else {
+            return Err(ApiErr::new(404, "Case is not found"));
+        };
+        if let Some(e) = forbidden {
+            return Err(e);
+        }
+        if c.status == status {
+            // §10.9: whether a PATCH to the current status errors is undocumented; the
+            // behaviour chooses (400 as seen from the real hub, or a 204 no-op). The no-op is
+            // still listed in `patches`.
+            if same_refused {
+                return Err(ApiErr::bad(&format!(
+                    "Case status cannot change from {} to {status}",
+                    c.status
+                )));
+            }
+        } else if !transition_allowed(&c.status, status, strict) {
             return Err(ApiErr::bad(&format!(
                 "Bad request : transition from {} to {status} is not allowed",
                 c.status
             )));
+        } else {
+            c.history
+                .push((c.status.clone(), status.to_string(), "patch".to_string()));
         }
         c.status = status.to_string();
         c.update = Some(now_rfc3339(TimeStyle::Zulu));
         c.patches.push(status.to_string());
         // §4 C2: "a PATCH alone notifies nobody".
         Ok(())
+    }
+
+    /// §10.19: the démarche of this case does not allow `status`.
+    fn forbidden(&self, case_id: &str, status: &str) -> Option<ApiErr> {
+        let code = &self.cases.get(case_id)?.process_code;
+        let list = self.behaviour.forbidden_statuses.get(code)?;
+        list.iter().any(|s| s == status).then(|| {
+            ApiErr::bad(&format!(
+                "Bad Request : this flow does not allow the status {status}"
+            ))
+        })
+    }
+
+    /// §10.17: the case has taken all the events it may.
+    fn capped(&self, case_id: &str) -> bool {
+        match (self.behaviour.max_events_per_case, self.cases.get(case_id)) {
+            (Some(max), Some(c)) => c.events.len() >= max,
+            _ => false,
+        }
     }
 
     pub fn case_attachment(&self, client_id: &str, case_id: &str, att_id: &str) -> Res<Download> {
@@ -1095,9 +1186,18 @@ impl State {
                 new.action_type
             )));
         }
+        // §10.17: past the cap, every event is refused, for good.
+        if self.capped(case_id) {
+            return Err(ApiErr::bad(
+                "Bad Request : the maximum number of events for this case has been reached",
+            ));
+        }
+        let actual = self.case_status(case_id).unwrap_or_default();
+        let moves_to = self.event_move(case_id, &actual, &new)?;
         // RC003/RC005/RC006 (formats, sizes, messages allowed per démarche) are not modelled:
         // every démarche of the fake accepts everything.
         let transmitter = self.client_org(client_id).unwrap_or(Value::Null);
+        let hide_type = self.behaviour.si_attachment_type_null;
         let mut attachments = Vec::new();
         for (file_name, type_, size, mime_type) in new.attachments {
             attachments.push(Att {
@@ -1109,6 +1209,7 @@ impl State {
                 size,
                 blob: Blob::Missing,
                 digest: Arc::new(OnceCell::new()),
+                hide_type,
             });
         }
         let id = uuid_v4(&mut self.rng);
@@ -1130,18 +1231,244 @@ impl State {
             create: now_rfc3339(TimeStyle::Offset),
             update: None,
             attachments,
+            actual_at_post: actual.clone(),
         };
         let body = ev.json();
         let notify = !deposit && ev.notification;
         self.events.insert(id.clone(), ev);
         if let Some(c) = self.cases.get_mut(case_id) {
             c.events.push(id.clone());
+            // §10.1: on a hub where events move the status, `caseNewStatus` is applied now.
+            if let Some(to) = moves_to {
+                c.history.push((actual, to.clone(), format!("event:{id}")));
+                c.status = to;
+                c.update = Some(now_rfc3339(TimeStyle::Zulu));
+            }
         }
-        // §10.1: posting an event does not change case.status.
         if notify {
             self.notify_osl(case_id, &id);
         }
         Ok(body)
+    }
+
+    /// What an SI event does to the case's status (§10.1): `Some(new)` when it moves it.
+    /// With `strict_events`, an event whose `caseCurrentStatus` is not the case's status, or
+    /// whose change breaks the status table or the démarche's rules, is refused (400).
+    fn event_move(&self, case_id: &str, actual: &str, new: &NewEvent) -> Res<Option<String>> {
+        let Some(to) = new.case_new_status.as_deref() else {
+            return Ok(None);
+        };
+        let from = new.case_current_status.as_deref().unwrap_or(actual);
+        let strict = self.behaviour.strict_events;
+        if strict && from != actual {
+            return Err(ApiErr::bad(&format!(
+                "Bad Request : caseCurrentStatus {from} is not the case's status {actual}"
+            )));
+        }
+        if to == actual || from == to {
+            return Ok(None);
+        }
+        let allowed = SI_SETTABLE.contains(&to) && transition_allowed(actual, to, self.strict);
+        let forbidden = self.forbidden(case_id, to);
+        if strict {
+            if let Some(e) = forbidden {
+                return Err(e);
+            }
+            if !allowed {
+                return Err(ApiErr::bad(&format!(
+                    "Bad Request : case status cannot change from {actual} to {to}"
+                )));
+            }
+        }
+        Ok((self.behaviour.events_move_status && allowed && forbidden.is_none())
+            .then(|| to.to_string()))
+    }
+
+    // ---------------------------------------------------------------- the portal agent (§10.18)
+
+    /// Queues an agent action to run when the next request of `route` (on `case_id`, or on
+    /// any case) arrives, before the request is handled.
+    pub fn agent_before(&mut self, route: Route, case_id: Option<String>, action: AgentAction) {
+        self.agent_hooks.push((route, case_id, action));
+    }
+
+    /// Runs the agent actions hooked on this request.
+    pub fn run_agent_hooks(&mut self, route: Route, case_id: Option<&str>) {
+        let mut i = 0;
+        while i < self.agent_hooks.len() {
+            let (r, c, _) = &self.agent_hooks[i];
+            let hit = *r == route
+                && match (c, case_id) {
+                    (None, _) => true,
+                    (Some(c), Some(id)) => c == id,
+                    (Some(_), None) => false,
+                };
+            if hit {
+                let (_, c, action) = self.agent_hooks.remove(i);
+                if let Some(id) = c.or_else(|| case_id.map(str::to_string)) {
+                    let _ = self.agent_act(&id, action);
+                }
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// What the agent did so far.
+    pub fn agent_log(&self) -> Vec<Value> {
+        self.agent_log.clone()
+    }
+
+    /// The agent acts on a case as the portal would: it reads the state right before its
+    /// write and refuses what the portal would not offer (§10.19: forward only, never the
+    /// current status, never `CLOSED`/`SI_INTG_ERROR`, the démarche's forbidden statuses,
+    /// `IN_PROGRESS`/`REFUSED`/`DONE` only once a piece was downloaded when the case has
+    /// pieces). Each action is an event of the case (counted by the cap), notifying the OSL
+    /// when it changes the status or carries a message.
+    pub fn agent_act(&mut self, case_id: &str, action: AgentAction) -> Result<(), String> {
+        let result = self.agent_act_inner(case_id, &action);
+        let after = self.case_status(case_id).unwrap_or_default();
+        self.agent_log.push(json!({
+            "caseId": case_id,
+            "action": serde_json::to_value(&action).unwrap_or(Value::Null),
+            "statusAfter": after,
+            "ok": result.is_ok(),
+            "error": result.as_ref().err(),
+        }));
+        result
+    }
+
+    fn agent_act_inner(&mut self, case_id: &str, action: &AgentAction) -> Result<(), String> {
+        let Some(case) = self.cases.get(case_id) else {
+            return Err(format!("no case {case_id}"));
+        };
+        if self.capped(case_id) {
+            return Err("the case has reached the maximum number of events".into());
+        }
+        let current = case.status.clone();
+        let client_id = case.client_id.clone();
+        let has_pieces = !case.attachments.is_empty();
+        let downloaded = case.agent_downloaded;
+        let (action_type, message, new_status, notification) = match action {
+            AgentAction::SetStatus(to) => {
+                let rank = portal_rank(&current)
+                    .ok_or_else(|| format!("the portal offers no change from {current}"))?;
+                let to_rank =
+                    portal_rank(to).ok_or_else(|| format!("the portal never sets {to}"))?;
+                if to_rank <= rank || to_rank == 0 {
+                    return Err(format!("the portal does not offer {current} → {to}"));
+                }
+                if self.forbidden(case_id, to).is_some() {
+                    return Err(format!("the démarche does not allow {to}"));
+                }
+                if has_pieces
+                    && !downloaded
+                    && matches!(to.as_str(), "IN_PROGRESS" | "REFUSED" | "DONE")
+                {
+                    return Err(format!("the portal withholds {to} until a piece is downloaded"));
+                }
+                (
+                    "STATUS_UPDATE",
+                    Some(format!("Statut passé à {to} depuis le portail")),
+                    Some(to.clone()),
+                    true,
+                )
+            }
+            AgentAction::Message(text) => ("SENDING_MESSAGE", Some(text.clone()), None, true),
+            AgentAction::AttachDl => ("ATTACH_DL", None, None, false),
+        };
+        let transmitter = self.client_org(&client_id).unwrap_or(Value::Null);
+        let id = uuid_v4(&mut self.rng);
+        let ev = Event {
+            id: id.clone(),
+            side: Side::Portal,
+            transmitter,
+            action_type: action_type.to_string(),
+            notification,
+            message,
+            comment: None,
+            author: Some("Agent du portail".to_string()),
+            case_current_status: new_status.as_ref().map(|_| current.clone()),
+            case_new_status: new_status.clone(),
+            partner_attributes: None,
+            partner_info: json!({"editorName": "DINUM", "applicationName": "Portail HubEE", "softwareVersion": "2"}),
+            status: "SENT".to_string(),
+            create: now_rfc3339(TimeStyle::Offset),
+            update: None,
+            attachments: Vec::new(),
+            actual_at_post: current.clone(),
+        };
+        self.events.insert(id.clone(), ev);
+        if let Some(c) = self.cases.get_mut(case_id) {
+            c.events.push(id.clone());
+            if matches!(action, AgentAction::AttachDl) {
+                c.agent_downloaded = true;
+            }
+            if let Some(to) = new_status {
+                c.history.push((current, to.clone(), "agent".to_string()));
+                c.status = to;
+                c.update = Some(now_rfc3339(TimeStyle::Zulu));
+            }
+        }
+        if notification {
+            self.notify_osl(case_id, &id);
+        }
+        Ok(())
+    }
+
+    /// One random agent action on a random case of an SI (the background agent).
+    pub fn agent_random_step(&mut self) {
+        let open: Vec<String> = self
+            .case_order
+            .iter()
+            .filter(|id| {
+                self.cases
+                    .get(*id)
+                    .is_some_and(|c| portal_rank(&c.status).is_some_and(|r| r < 5))
+            })
+            .cloned()
+            .collect();
+        if open.is_empty() {
+            return;
+        }
+        let id = open[self.agent_rng.usize(..open.len())].clone();
+        let action = match self.agent_rng.u8(..10) {
+            0..=2 => AgentAction::AttachDl,
+            3 => AgentAction::Message("Message de l'agent depuis le portail".to_string()),
+            4..=5 => AgentAction::SetStatus("SI_RECEIVED".to_string()),
+            6..=7 => AgentAction::SetStatus("IN_PROGRESS".to_string()),
+            8 => AgentAction::SetStatus("REFUSED".to_string()),
+            _ => AgentAction::SetStatus("DONE".to_string()),
+        };
+        let _ = self.agent_act(&id, action);
+    }
+
+    /// Every status change of a case: `{from, to, by}` (`patch`, `event:{id}`, `agent`, `osl`).
+    pub fn status_history(&self, case_id: &str) -> Vec<Value> {
+        self.cases
+            .get(case_id)
+            .map(|c| {
+                c.history
+                    .iter()
+                    .map(|(f, t, by)| json!({"from": f, "to": t, "by": by}))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The SI's own events on a case, each with the case's real status when it was posted.
+    pub fn si_event_audit(&self, case_id: &str) -> Vec<(Value, String)> {
+        self.cases
+            .get(case_id)
+            .map(|c| {
+                c.events
+                    .iter()
+                    .filter_map(|e| self.events.get(e))
+                    .filter(|e| matches!(e.side, Side::Si(_)))
+                    .map(|e| (e.json(), e.actual_at_post.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     pub fn get_event(&self, client_id: &str, case_id: &str, event_id: &str) -> Res<Value> {

@@ -3,7 +3,9 @@
 mod common;
 
 use common::*;
-use fake_hubee::{AttachmentSpec, CaseSpec, Content, FakeHub, OslEvent, Route};
+use fake_hubee::{
+    AgentAction, AttachmentSpec, CaseSpec, Content, FakeHub, Fault, HubBehaviour, OslEvent, Route,
+};
 use serde_json::{json, Value};
 
 // ------------------------------------------------------------------ §2 tokens
@@ -326,8 +328,23 @@ async fn strict_mode_follows_the_ci_column_only() {
 }
 
 #[tokio::test]
-async fn patch_to_the_current_status_is_accepted() {
+async fn patch_to_the_current_status_is_refused_by_default() {
     let si = Si::start().await;
+    let case = si.add_case();
+    let p = format!("/cases/{case}");
+    assert_eq!(si.patch(&p, json!({"status": "SENT"})).await.0, 204);
+    let (s, v) = si.patch(&p, json!({"status": "SENT"})).await;
+    assert_eq!(
+        (s, v["errors"][0]["message"].as_str()),
+        (400, Some("Case status cannot change from SENT to SENT"))
+    );
+    assert_eq!(si.hub.status_patches(&case), vec!["SENT"]);
+}
+
+#[tokio::test]
+async fn patch_to_the_current_status_is_a_no_op_when_the_behaviour_says_so() {
+    let si = Si::start().await;
+    si.hub.set_behaviour(HubBehaviour::patch_only());
     let case = si.add_case();
     let p = format!("/cases/{case}");
     assert_eq!(si.patch(&p, json!({"status": "SENT"})).await.0, 204);
@@ -380,6 +397,7 @@ async fn post_with_method_override_patches_the_case() {
 #[tokio::test]
 async fn case_attachment_is_served_with_length_and_digest() {
     let si = Si::start().await;
+    si.hub.set_behaviour(HubBehaviour::patch_only());
     let case = si.add_case();
     let (_, v) = si.get_json(&format!("/cases/{case}")).await;
     for att in v["attachments"].as_array().unwrap() {
@@ -467,8 +485,9 @@ async fn declared_size_can_lie() {
 // ------------------------------------------------------------------ §4 E1–E4, A1, A2 events
 
 #[tokio::test]
-async fn status_update_event_is_sent_and_does_not_move_the_case() {
+async fn status_update_event_is_sent_and_does_not_move_the_case_on_a_patch_only_hub() {
     let si = Si::start().await;
+    si.hub.set_behaviour(HubBehaviour::patch_only());
     let case = si.add_case();
     let (s, ev) = si
         .post(
@@ -873,4 +892,202 @@ async fn admin_routes_drive_faults_cases_and_the_osl() {
         .requests()
         .iter()
         .all(|r| !r.path.starts_with("/_fake")));
+}
+
+// ------------------------------------------------------------------ §10 hub behaviours
+
+async fn post_status(si: &Si, case: &str, from: &str, to: &str) -> (u16, Value) {
+    si.post(
+        &format!("/cases/{case}/events"),
+        json!({"actionType":"STATUS_UPDATE","notification":true,
+               "caseCurrentStatus":from,"caseNewStatus":to,"message":"m"}),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn an_events_case_new_status_moves_the_case_by_default() {
+    let si = Si::start().await;
+    let case = si.add_case();
+    let (s, ev) = post_status(&si, &case, "HUBEE_NOTIFIED", "SENT").await;
+    assert_eq!(s, 201, "{ev}");
+    assert_eq!(si.hub.case_status(&case).as_deref(), Some("SENT"));
+    assert!(si.hub.status_patches(&case).is_empty());
+    let by = format!("event:{}", ev["id"].as_str().unwrap());
+    assert_eq!(
+        si.hub.status_history(&case),
+        vec![json!({"from":"HUBEE_NOTIFIED","to":"SENT","by":by})]
+    );
+}
+
+#[tokio::test]
+async fn a_strict_hub_refuses_an_event_whose_current_status_is_stale_or_whose_move_breaks_the_table(
+) {
+    let si = Si::start().await;
+    si.hub.set_strict_transitions(true);
+    let case = si.add_case();
+    let (s, v) = post_status(&si, &case, "SENT", "SI_RECEIVED").await;
+    assert_eq!(s, 400, "{v}");
+    assert!(v["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("is not the case's status HUBEE_NOTIFIED"));
+    let (s, _) = post_status(&si, &case, "HUBEE_NOTIFIED", "IN_PROGRESS").await;
+    assert_eq!(s, 400, "HUBEE_NOTIFIED → IN_PROGRESS is not in the [CI] column");
+    assert!(si.hub.events(&case).is_empty());
+    assert_eq!(si.hub.case_status(&case).as_deref(), Some("HUBEE_NOTIFIED"));
+    // Without a status change, an event is always accepted.
+    let (s, _) = post_status(&si, &case, "HUBEE_NOTIFIED", "HUBEE_NOTIFIED").await;
+    assert_eq!(s, 201);
+}
+
+#[tokio::test]
+async fn a_lenient_hub_accepts_any_event_but_moves_the_case_only_along_the_table() {
+    let si = Si::start().await;
+    si.hub.update_behaviour(|b| b.strict_events = false);
+    let case = si.add_case();
+    let (s, _) = post_status(&si, &case, "IN_PROGRESS", "DONE").await;
+    assert_eq!(s, 201);
+    assert_eq!(
+        si.hub.case_status(&case).as_deref(),
+        Some("HUBEE_NOTIFIED"),
+        "HUBEE_NOTIFIED → DONE is not a transition"
+    );
+    let (s, _) = post_status(&si, &case, "SENT", "SI_RECEIVED").await;
+    assert_eq!(s, 201);
+    assert_eq!(si.hub.case_status(&case).as_deref(), Some("SI_RECEIVED"));
+}
+
+#[tokio::test]
+async fn past_the_event_cap_every_event_is_refused_for_good() {
+    let si = Si::start().await;
+    si.hub.update_behaviour(|b| b.max_events_per_case = Some(2));
+    let case = si.add_case();
+    let msg = json!({"actionType":"SENDING_MESSAGE","notification":true,"message":"m"});
+    for _ in 0..2 {
+        assert_eq!(si.post(&format!("/cases/{case}/events"), msg.clone()).await.0, 201);
+    }
+    for _ in 0..2 {
+        let (s, v) = si.post(&format!("/cases/{case}/events"), msg.clone()).await;
+        assert_eq!(s, 400);
+        assert!(v["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("maximum number of events"));
+    }
+    // PATCH still works: the cap is on events.
+    let p = format!("/cases/{case}");
+    assert_eq!(si.patch(&p, json!({"status": "SENT"})).await.0, 204);
+    assert_eq!(si.hub.events(&case).len(), 2);
+}
+
+#[tokio::test]
+async fn a_demarche_that_forbids_a_status_refuses_it_by_patch_and_by_event() {
+    let si = Si::start().await;
+    si.hub.update_behaviour(|b| {
+        b.forbidden_statuses
+            .insert("CERTDC".into(), vec!["REFUSED".into()]);
+    });
+    let case = si.add_case();
+    let p = format!("/cases/{case}");
+    for st in ["SENT", "SI_RECEIVED"] {
+        assert_eq!(si.patch(&p, json!({"status": st})).await.0, 204);
+    }
+    let (s, v) = si.patch(&p, json!({"status": "REFUSED"})).await;
+    assert_eq!(s, 400);
+    assert_eq!(
+        v["errors"][0]["message"],
+        "Bad Request : this flow does not allow the status REFUSED"
+    );
+    assert_eq!(post_status(&si, &case, "SI_RECEIVED", "REFUSED").await.0, 400);
+    assert_eq!(si.hub.case_status(&case).as_deref(), Some("SI_RECEIVED"));
+}
+
+#[tokio::test]
+async fn si_pieces_come_back_without_type_when_the_behaviour_says_so() {
+    let si = Si::start().await;
+    si.hub.update_behaviour(|b| b.si_attachment_type_null = true);
+    let case = si.add_case();
+    let (s, ev) = si
+        .post(&format!("/cases/{case}/events"), Si::deposit_body(10))
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(ev["attachments"][0]["type"], Value::Null);
+    assert_eq!(ev["attachments"][0]["fileName"], "attestation.xml");
+    assert_eq!(ev["attachments"][0]["size"], 10);
+}
+
+#[tokio::test]
+async fn downloads_come_chunked_without_content_length_and_may_end_short_cleanly() {
+    let si = Si::start().await;
+    let case = si.add_case();
+    let (_, v) = si.get_json(&format!("/cases/{case}")).await;
+    let att = &v["attachments"][0];
+    let path = format!("/cases/{case}/attachments/{}", att["id"].as_str().unwrap());
+    let size = att["size"].as_u64().unwrap();
+    let r = si.get(&path).await;
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("content-length").is_none());
+    assert_eq!(r.headers()["transfer-encoding"], "chunked");
+    assert_eq!(r.bytes().await.unwrap().len() as u64, size);
+    si.hub
+        .inject(Route::GetAttachment, Fault::CutShort { after_bytes: 5 }, 1);
+    let r = si.get(&path).await;
+    assert_eq!(r.status(), 200);
+    // The body ends without any transport error: only the count tells.
+    assert_eq!(r.bytes().await.unwrap().len(), 5);
+}
+
+#[tokio::test]
+async fn the_portal_agent_moves_cases_forward_only_and_as_the_portal_offers() {
+    let si = Si::start().await;
+    let case = si.add_case();
+    // Final statuses wait for a download when the case has pieces.
+    assert!(si
+        .hub
+        .agent_act(&case, AgentAction::SetStatus("DONE".into()))
+        .is_err());
+    si.hub.agent_act(&case, AgentAction::AttachDl).unwrap();
+    si.hub
+        .agent_act(&case, AgentAction::SetStatus("IN_PROGRESS".into()))
+        .unwrap();
+    assert!(si
+        .hub
+        .agent_act(&case, AgentAction::SetStatus("SI_RECEIVED".into()))
+        .is_err());
+    si.hub
+        .agent_act(&case, AgentAction::SetStatus("REFUSED".into()))
+        .unwrap();
+    si.hub
+        .agent_act(&case, AgentAction::SetStatus("DONE".into()))
+        .unwrap();
+    assert_eq!(si.hub.case_status(&case).as_deref(), Some("DONE"));
+    let types: Vec<String> = si
+        .hub
+        .events(&case)
+        .iter()
+        .map(|e| e["actionType"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        ["ATTACH_DL", "STATUS_UPDATE", "STATUS_UPDATE", "STATUS_UPDATE"]
+    );
+    // Its events are not ours: the SI gets no notification for them.
+    assert_eq!(si.hub.notifications(CLIENT).len(), 1);
+}
+
+#[tokio::test]
+async fn an_agent_hooked_on_a_request_acts_just_before_it() {
+    let si = Si::start().await;
+    let case = si.add_case();
+    let p = format!("/cases/{case}");
+    si.hub.agent_before(
+        Route::PatchCase,
+        Some(&case),
+        AgentAction::SetStatus("SI_RECEIVED".into()),
+    );
+    // Our PATCH to SENT now finds SI_RECEIVED: SI_RECEIVED → SENT is not a transition.
+    assert_eq!(si.patch(&p, json!({"status": "SENT"})).await.0, 400);
+    assert_eq!(si.hub.case_status(&case).as_deref(), Some("SI_RECEIVED"));
+    assert_eq!(si.hub.agent_log().len(), 1);
 }

@@ -61,7 +61,7 @@ async fn reset_after_effect_applies_the_patch_and_creates_the_event() {
     assert_eq!(si.hub.case_status(&case).as_deref(), Some("SENT"));
     let r = si
         .req(reqwest::Method::POST, &format!("/cases/{case}/events"))
-        .json(&json!({"actionType":"STATUS_UPDATE","notification":true,"caseCurrentStatus":"HUBEE_NOTIFIED","caseNewStatus":"SENT"}))
+        .json(&json!({"actionType":"STATUS_UPDATE","notification":true,"caseCurrentStatus":"SENT","caseNewStatus":"SI_RECEIVED"}))
         .send()
         .await;
     assert!(r.is_err());

@@ -144,7 +144,7 @@ impl Si {
     pub fn deposit_body(size: u64) -> Value {
         json!({
             "actionType": "ATTACH_DEPOSIT", "author": "Service instructeur X", "notification": true,
-            "caseCurrentStatus": "IN_PROGRESS", "caseNewStatus": "DONE", "message": "voici l'attestation",
+            "caseCurrentStatus": "HUBEE_NOTIFIED", "caseNewStatus": "HUBEE_NOTIFIED", "message": "voici l'attestation",
             "attachments": [{"fileName": "attestation.xml", "type": "DD_Certificatdedeces", "size": size, "mimeType": "application/xml"}]
         })
     }
