@@ -480,6 +480,12 @@ pub async fn status(settings: Settings, json: bool) -> ExitCode {
             if let Some(e) = &row.last_error {
                 println!("  dernière erreur: {e}");
             }
+            if let Some(last) = &row.last_event_refused {
+                println!(
+                    "  événements refusés par le hub (télédossiers livrés quand même): {}, dernier: {last}",
+                    row.events_refused
+                );
+            }
             if let Some(n) = &row.node {
                 println!(
                     "  nœud: {n} depuis {} (bail n°{}, jusqu'à {} sauf renouvellement)",

@@ -23,6 +23,8 @@ pub mod id {
     pub const CYCLE_FAILED: &str = "34dc9522fb814e3cac86670a402d1311";
     /// A case was reopened by the OSL and is delivered again as a new round.
     pub const REOPENED: &str = "43c17cf18a9d4791ae60ac8da0df150a";
+    /// The hub refused one of our status events for good (cap on events, a démarche rule).
+    pub const EVENT_REFUSED: &str = "0b6f3c1e9a2d4e57b8c41f2a7d9e6053";
     /// A case waits for an attachment still PENDING on the hub.
     pub const WAITING: &str = "fe6c8edc0c9a4c40883f32d73180d1cb";
     /// A parked item was finally delivered.
@@ -188,6 +190,36 @@ pub fn cycle_failed(sub: &str, error: &str) {
         error = %error,
         "cycle stopped; the subscription is retried at its next cycle"
     );
+}
+
+/// The hub refused a status event of ours for good (its cap on events per case, a rule of
+/// the démarche): the delivery stands, the event is not retried.
+pub fn receipt_event_refused(
+    sub: &str,
+    case_id: &str,
+    cap: bool,
+    error: &crate::hubee::HubError,
+    status: crate::hubee::status::CaseStatus,
+) {
+    if cap {
+        tracing::warn!(
+            message_id = %id::EVENT_REFUSED,
+            subscription = %sub,
+            case_id = %case_id,
+            status = %status,
+            error = %error,
+            "the case has reached HubEE's limit of events: the receipt event could not be posted; the télédossier is delivered and its notification deleted; tell the online service through the HubEE portal if needed"
+        );
+    } else {
+        tracing::warn!(
+            message_id = %id::EVENT_REFUSED,
+            subscription = %sub,
+            case_id = %case_id,
+            status = %status,
+            error = %error,
+            "the hub refused the receipt event for good: the télédossier is delivered and its notification deleted; check the case in the HubEE portal"
+        );
+    }
 }
 
 pub fn reopened(sub: &str, case_id: &str, round: i64) {

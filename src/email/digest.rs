@@ -274,11 +274,38 @@ impl Part {
                 let result = generic_detail(d, personal.is_some());
                 self.replies
                     .push(vec![label.clone(), status.clone(), at, result]);
+                let step = d.get("status_step");
+                let outcome = step.and_then(|x| text(x, "outcome"));
+                match outcome.as_deref() {
+                    Some("found") => self.other.push(format!(
+                        "{label} : réponse envoyée ; le dossier était déjà au statut {} (posé par quelqu'un d'autre, par exemple dans le portail)",
+                        step.and_then(|x| text(x, "status")).unwrap_or_else(|| "?".into())
+                    )),
+                    Some("event_refused") if step.and_then(|x| x.get("cap")).and_then(Value::as_bool) == Some(true) => self.attention.push(format!(
+                        "{label} : réponse et pièces envoyées, mais le dossier a atteint la limite d'événements de HubEE : le changement de statut n'a pas pu être annoncé ; vérifiez le statut dans le portail HubEE."
+                    )),
+                    Some("event_refused" | "refused" | "impossible" | "gave_up") => self.attention.push(format!(
+                        "{label} : réponse et pièces envoyées, mais le statut demandé ({status}) n'a pas pu être posé ; posez-le dans le portail HubEE."
+                    )),
+                    _ => {}
+                }
                 if status == "SI_INTG_ERROR" {
                     self.attention.push(format!(
                         "{label} : passé au statut SI_INTG_ERROR par une réponse"
                     ));
                 }
+            }
+            "hub_event_refused" => {
+                let cap = d.get("cap").and_then(Value::as_bool) == Some(true);
+                let what = match text(d, "what").as_deref() {
+                    Some("quarantine") => "l'événement de mise en erreur d'intégration",
+                    _ => "l'accusé de réception",
+                };
+                self.attention.push(if cap {
+                    format!("{label} : le dossier a atteint la limite d'événements de HubEE ; {what} n'a pas pu être envoyé (le télédossier est bien livré) ; si l'usager doit être informé, faites-le par le portail HubEE.")
+                } else {
+                    format!("{label} : HubEE a refusé {what} ({}) ; le télédossier est bien livré ; vérifiez le dossier dans le portail HubEE.", text(d, "error").unwrap_or_default())
+                });
             }
             "outbox_failed" => {
                 let why = text(d, "error").unwrap_or_else(|| generic_detail(d, personal.is_some()));

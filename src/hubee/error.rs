@@ -80,6 +80,32 @@ impl HubError {
     pub fn is_fenced(&self) -> bool {
         matches!(self, HubError::Fenced { .. })
     }
+
+    /// The hub's own words, when it gave some.
+    pub fn summary(&self) -> Option<&str> {
+        match self {
+            HubError::Status { summary, .. } => summary.as_deref(),
+            _ => None,
+        }
+    }
+
+    /// HubEE's cap on the number of events per case (PROTOCOL §10.17): a 4xx whose message
+    /// speaks of a maximum or a limit of events. Neither the number nor the wording is
+    /// published; this reads the likely words in French and English.
+    pub fn is_event_cap(&self) -> bool {
+        let Some(s) = self.status() else {
+            return false;
+        };
+        if !(400..500).contains(&s) || matches!(s, 401 | 404 | 408 | 429) {
+            return false;
+        }
+        let m = self.summary().unwrap_or_default().to_lowercase();
+        let events = m.contains("event") || m.contains("événement") || m.contains("evenement");
+        let limit = ["maximum", "limit", "limite", "too many", "trop", "max "]
+            .iter()
+            .any(|w| m.contains(w));
+        events && limit
+    }
 }
 
 /// The operation, for messages: method and path without host or query (never a token).

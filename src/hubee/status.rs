@@ -4,6 +4,7 @@
 //! valid under both the strict and the permissive reading: `HUBEE_NOTIFIED → SENT →
 //! SI_RECEIVED → IN_PROGRESS`, one step at a time, skipping steps already reached.
 
+use std::collections::VecDeque;
 use std::fmt;
 use std::str::FromStr;
 
@@ -150,6 +151,83 @@ impl FromStr for CaseStatus {
     }
 }
 
+/// Is a case at `current` at or past `target`, so that moving it there would be moving it
+/// back or doing again what someone did (PROTOCOL §10.18: never move a case backwards)?
+///
+/// The order is the portal's (§10.19): received → `SENT` → `SI_RECEIVED` → `IN_PROGRESS` →
+/// `ADD_AWAITING` → `REFUSED` → `DONE` → `CLOSED` → `ARCHIVED` (so `REFUSED → DONE` still
+/// goes forward). `SI_INTG_ERROR` stands aside: past the receipt statuses, reached for a
+/// target of `SI_INTG_ERROR` by any final decision (never undone by an integration error).
+pub fn at_or_past(current: CaseStatus, target: CaseStatus) -> bool {
+    use CaseStatus::*;
+    fn rank(s: CaseStatus) -> u8 {
+        match s {
+            HubeeReceived | HubeeCompleted => 0,
+            HubeeNotified => 1,
+            Sent => 2,
+            SiReceived => 3,
+            InProgress => 4,
+            AddAwaiting => 5,
+            Refused => 6,
+            Done => 7,
+            Closed => 8,
+            Archived => 9,
+            // Handled below.
+            SiIntgError => 0,
+        }
+    }
+    if current == target {
+        return true;
+    }
+    match (current, target) {
+        (_, SiIntgError) => matches!(current, Refused | Done | Closed | Archived),
+        (SiIntgError, t) => matches!(t, HubeeReceived | HubeeCompleted | HubeeNotified | Sent | SiReceived | InProgress),
+        (c, t) => rank(c) >= rank(t),
+    }
+}
+
+/// Predecessors of a status an SI sets, in the strict reading (PROTOCOL §6, [CI] column),
+/// plus the portal's `REFUSED → DONE`.
+pub fn strict_predecessors(to: CaseStatus) -> &'static [CaseStatus] {
+    use CaseStatus::*;
+    match to {
+        Sent => &[HubeeNotified],
+        SiReceived => &[Sent],
+        InProgress => &[SiReceived],
+        AddAwaiting => &[InProgress],
+        Refused => &[SiReceived, InProgress, AddAwaiting],
+        // [PV2]: the portal offers REFUSED → DONE (PROTOCOL §10.19).
+        Done => &[SiReceived, InProgress, AddAwaiting, Refused],
+        SiIntgError => &[SiReceived, InProgress, AddAwaiting, Done],
+        _ => &[],
+    }
+}
+
+/// The shortest chain of strictly allowed PATCHes from `from` to `to` (empty when equal).
+pub fn strict_path(from: CaseStatus, to: CaseStatus) -> Option<Vec<CaseStatus>> {
+    if from == to {
+        return Some(Vec::new());
+    }
+    let mut queue = VecDeque::from([vec![from]]);
+    let mut seen = vec![from];
+    while let Some(path) = queue.pop_front() {
+        let last = *path.last()?;
+        for next in CaseStatus::ALL {
+            if seen.contains(&next) || !strict_predecessors(next).contains(&last) {
+                continue;
+            }
+            let mut p = path.clone();
+            p.push(next);
+            if next == to {
+                return Some(p.into_iter().skip(1).collect());
+            }
+            seen.push(next);
+            queue.push_back(p);
+        }
+    }
+    None
+}
+
 /// What the receipt of a delivered case asks of the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReceiptPlan {
@@ -225,6 +303,25 @@ mod tests {
             receipt_plan(CaseStatus::InProgress, CaseStatus::SiReceived),
             ReceiptPlan::LeaveAsIs
         );
+    }
+
+    #[test]
+    fn a_case_is_never_moved_back_and_refused_can_still_become_done() {
+        use CaseStatus::*;
+        assert!(at_or_past(Done, Refused));
+        assert!(!at_or_past(Refused, Done));
+        assert!(at_or_past(Done, InProgress));
+        assert!(at_or_past(AddAwaiting, InProgress));
+        assert!(!at_or_past(HubeeNotified, Sent));
+        assert!(at_or_past(Closed, Done));
+        // An integration error never undoes a decision, and stands past the receipt.
+        assert!(at_or_past(Done, SiIntgError));
+        assert!(!at_or_past(InProgress, SiIntgError));
+        assert!(at_or_past(SiIntgError, InProgress));
+        assert!(!at_or_past(SiIntgError, Done));
+        for s in CaseStatus::ALL {
+            assert!(at_or_past(s, s));
+        }
     }
 
     #[test]

@@ -1,13 +1,18 @@
-//! Applies one validated reply on the hub, in the order of CONTRACT "Outbox", recording each
-//! step in the state database before the next one starts, so that a restart resumes where it
-//! stopped:
+//! Applies one validated reply on the hub (CONTRACT "Outbox"; PROTOCOL §8.5, §10.1, §10.20),
+//! recording each step in the state database before the next one starts, so that a restart
+//! resumes where it stopped:
 //!
-//! - with files: `ATTACH_DEPOSIT` event (found again by its marker if it exists) → one PUT per
-//!   file (digest, exact size) → every attachment `RECEIVED` → the case's status walk → the
-//!   event PATCHed to `SENT`. Until that last PATCH the OSL sees nothing, and a reply that
-//!   fails for good has its event DELETEd, so a failed upload never leaves a case `DONE`
-//!   without its document;
-//! - without files: the status walk → one `STATUS_UPDATE` (or `SENDING_MESSAGE`) event.
+//! - with files: the documents first, without touching the case's status: the
+//!   `ATTACH_DEPOSIT` event (`caseCurrentStatus` = `caseNewStatus` = the status just read;
+//!   found again by its marker if it exists) → one PUT per file (digest, exact size) → every
+//!   piece `RECEIVED` → the event PATCHed `SENT` (stage `deposit_sent`: delivered). Only a
+//!   refused deposit (an upload refused, a piece `CORRUPTED`/`REJECTED`) is withdrawn with a
+//!   DELETE. Then, as a step of its own retried alone, the status change
+//!   ([`crate::sync::transition`]): whatever it meets, the documents stay delivered and
+//!   `result.json` says how the status step ended. So a case never reaches `DONE` without
+//!   its document, on a hub where events move the status or on one where only PATCH does;
+//! - without files: the status change, whose one event carries the message; with no status
+//!   (or a case someone already moved there) a `SENDING_MESSAGE` event for the message.
 //!
 //! A POST is never repeated blindly: before posting, and after a POST whose answer was lost,
 //! the case's events are searched for the reply's marker (in the event's `comment`).
@@ -15,10 +20,11 @@
 use std::time::Duration;
 
 use crate::hubee::model::{Case, Event, NewEvent, NewEventAttachment};
-use crate::hubee::status::CaseStatus;
+use crate::hubee::status::{at_or_past, CaseStatus};
 use crate::hubee::HubError;
 use crate::state::outbox::{ReplyRow, ReplyStage};
 use crate::state::StateError;
+use crate::sync::transition::{change_status, is_final, Change, ChangeError, Moved};
 use crate::sync::SubscriptionCtx;
 
 use super::refusal::Refusal;
@@ -81,11 +87,6 @@ fn has_marker(ev: &Event, marker: &str) -> bool {
     ev.comment
         .as_deref()
         .is_some_and(|c| c.lines().next().map(str::trim) == Some(marker))
-}
-
-/// A 4xx that no retry will fix (401 is a credentials problem, 408 and 429 are transient).
-fn is_final(e: &HubError) -> bool {
-    matches!(e.status(), Some(s) if (400..500).contains(&s) && !matches!(s, 401 | 408 | 429))
 }
 
 /// Why a step could not finish this pass.
@@ -178,19 +179,22 @@ impl Applier<'_> {
             self.save().await?;
         }
         // An impossible status is found before anything is posted: the hub stays untouched.
-        if let (Some(target), true) = (self.reply.status, self.row.stage < ReplyStage::StatusSet) {
-            status_walk(current, target, self.ctx.receipt_status).map_err(|i| {
-                Stop::Failed(Refusal::ImpossibleStatus {
-                    from: i.from.to_string(),
-                    to: i.to.to_string(),
-                })
-            })?;
+        if let (Some(target), ReplyStage::Started) = (self.reply.status, self.row.stage) {
+            if !at_or_past(current, target) {
+                status_walk(current, target, self.ctx.receipt_status).map_err(|i| {
+                    Stop::Failed(Refusal::ImpossibleStatus {
+                        from: i.from.to_string(),
+                        to: i.to.to_string(),
+                    })
+                })?;
+            }
         }
         if self.with_files() {
-            self.deposit(case).await
+            self.deposit(case).await?;
+            // The uploads were a long step: the status step reads the case again.
+            self.status_step(None).await
         } else {
-            self.walk().await?;
-            self.status_event(case).await
+            self.status_step(Some(case)).await
         }
     }
 
@@ -202,28 +206,40 @@ impl Applier<'_> {
             .unwrap_or_default()
     }
 
-    fn new_event(&self, action_type: &str) -> NewEvent {
-        let from = self.status_from();
-        let (current, new) = match (action_type, self.reply.status) {
-            ("SENDING_MESSAGE", _) => (None, None),
-            (_, Some(t)) => (Some(from), Some(t.as_str().to_string())),
-            (_, None) => (Some(from.clone()), Some(from)),
-        };
-        let comment = match &self.reply.comment {
+    /// The comment of our events: the marker first, then the reply's own comment.
+    fn comment(&self) -> String {
+        match &self.reply.comment {
             Some(c) => format!("{}\n{c}", self.marker),
             None => self.marker.clone(),
+        }
+    }
+
+    /// A deposit (no status change: `caseCurrentStatus` = `caseNewStatus` = the status just
+    /// read) or a message event.
+    fn new_event(&self, action_type: &str) -> NewEvent {
+        let (current, new) = match action_type {
+            "ATTACH_DEPOSIT" => {
+                let now = self
+                    .status_now
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|| self.status_from());
+                (Some(now.clone()), Some(now))
+            }
+            _ => (None, None),
         };
+        let deposit = action_type == "ATTACH_DEPOSIT";
         NewEvent {
             action_type: action_type.to_string(),
             notification: true,
             author: Some(self.ctx.author.clone()),
             message: self.reply.message.clone(),
-            comment: Some(comment),
+            comment: Some(self.comment()),
             case_current_status: current,
             case_new_status: new,
             attachments: self
                 .files
                 .iter()
+                .filter(|_| deposit)
                 .map(|f| NewEventAttachment {
                     file_name: f.meta.file.clone(),
                     type_: f.meta.type_.clone(),
@@ -262,6 +278,9 @@ impl Applier<'_> {
             Err(e) if e.maybe_applied() || matches!(e, HubError::Decode { .. }) => {
                 self.look_again(action_type, &e.to_string()).await
             }
+            Err(e) if e.is_event_cap() => Err(Stop::Failed(Refusal::EventCap {
+                error: e.to_string(),
+            })),
             Err(e) if is_final(&e) => Err(Stop::Failed(Refusal::HubRefused {
                 doing_fr: "la création de l'événement",
                 doing_en: "creating the event",
@@ -285,15 +304,16 @@ impl Applier<'_> {
         }
     }
 
-    /// With files: deposit event, uploads, status walk, event SENT.
+    /// With files: the deposit event, the uploads, the event SENT. The case's status is not
+    /// touched here: the status step follows once the documents are delivered.
     async fn deposit(&mut self, case: Case) -> Result<(), Stop> {
         self.row.action_type = Some("ATTACH_DEPOSIT".into());
         if self.row.stage < ReplyStage::EventCreated || self.row.event_id.is_none() {
             let ev = self.post_once(&case, "ATTACH_DEPOSIT").await?;
             self.adopt(&ev)?;
             if ev.status.as_deref() == Some("SENT") {
-                // A run stopped right after the final PATCH: everything is on the hub.
-                self.row.stage = ReplyStage::HubDone;
+                // A run stopped right after the PATCH to SENT: the documents are delivered.
+                self.row.stage = ReplyStage::DepositSent;
                 self.save().await?;
                 return Ok(());
             }
@@ -306,10 +326,7 @@ impl Applier<'_> {
             self.row.stage = ReplyStage::FilesUploaded;
             self.save().await?;
         }
-        if self.row.stage < ReplyStage::StatusSet {
-            self.walk().await?;
-        }
-        if self.row.stage < ReplyStage::HubDone {
+        if self.row.stage < ReplyStage::DepositSent {
             let event_id = self.row.event_id.clone().unwrap_or_default();
             crate::crashpoint::point("outbox_before_sent");
             match self
@@ -320,43 +337,56 @@ impl Applier<'_> {
             {
                 Ok(()) => {}
                 Err(e) if is_final(&e) => {
-                    return Err(Stop::Failed(Refusal::HubRefused {
-                        doing_fr: "le passage de l'événement de dépôt à SENT",
-                        doing_en: "setting the deposit event SENT",
-                        error: e.to_string(),
-                    }))
+                    // A PATCH whose first answer was lost may be refused now: look.
+                    let ev = self.get_event().await?;
+                    if ev.status.as_deref() != Some("SENT") {
+                        return Err(Stop::Failed(Refusal::HubRefused {
+                            doing_fr: "le passage de l'événement de dépôt à SENT",
+                            doing_en: "setting the deposit event SENT",
+                            error: e.to_string(),
+                        }));
+                    }
                 }
                 Err(e) => return Err(transient("setting the deposit event SENT", &e)),
             }
             crate::crashpoint::point("outbox_after_sent");
-            self.row.stage = ReplyStage::HubDone;
+            self.row.stage = ReplyStage::DepositSent;
             self.save().await?;
         }
         Ok(())
     }
 
-    /// Records the event's id and matches its attachments to our files by (fileName, type,
-    /// size), never by position (PROTOCOL §8.5).
+    /// Records the event's id and matches its attachments to our files by (fileName, size),
+    /// never by position, with `type` only to break ties: an SI's piece may come back without
+    /// its type (PROTOCOL §8.5, §10.22).
     fn adopt(&mut self, ev: &Event) -> Result<(), Stop> {
         self.row.event_id = ev.id.clone();
         let mut taken: Vec<&str> = Vec::new();
         let mut files = Vec::with_capacity(self.files.len());
         for f in self.files {
-            let found = ev.attachments.iter().find(|a| {
-                a.file_name.as_deref() == Some(f.meta.file.as_str())
-                    && a.type_.as_deref() == Some(f.meta.type_.as_str())
-                    && a.size == Some(f.meta.size)
-                    && a.id.as_deref().is_some_and(|id| !taken.contains(&id))
-            });
+            let candidates: Vec<_> = ev
+                .attachments
+                .iter()
+                .filter(|a| {
+                    a.file_name.as_deref() == Some(f.meta.file.as_str())
+                        && a.size == Some(f.meta.size)
+                        && a.id.as_deref().is_some_and(|id| !taken.contains(&id))
+                })
+                .collect();
+            let found = candidates
+                .iter()
+                .find(|a| a.type_.as_deref() == Some(f.meta.type_.as_str()))
+                .or_else(|| candidates.iter().find(|a| a.type_.is_none()))
+                .or_else(|| candidates.first())
+                .copied();
             let Some(id) = found.and_then(|a| a.id.as_deref()) else {
                 return Err(Stop::Failed(Refusal::HubRefused {
                     doing_fr: "la déclaration des fichiers",
                     doing_en: "declaring the files",
                     error: format!(
-                        "the event {} the hub returned has no attachment {:?} of type {:?} and {} bytes",
+                        "the event {} the hub returned has no attachment {:?} of {} bytes",
                         ev.id.as_deref().unwrap_or("?"),
                         f.meta.file,
-                        f.meta.type_,
                         f.meta.size
                     ),
                 }));
@@ -486,58 +516,189 @@ impl Applier<'_> {
         Ok(())
     }
 
-    /// PATCHes the case through the allowed steps to the reply's status (skipping steps the
-    /// case has passed), then records it.
-    async fn walk(&mut self) -> Result<(), Stop> {
-        if self.row.stage >= ReplyStage::StatusSet {
-            return Ok(());
-        }
-        if let Some(target) = self.reply.status {
-            let current = self.status_now.unwrap_or(target);
-            let steps = status_walk(current, target, self.ctx.receipt_status).map_err(|i| {
-                Stop::Failed(Refusal::ImpossibleStatus {
-                    from: i.from.to_string(),
-                    to: i.to.to_string(),
-                })
-            })?;
-            for step in steps {
-                match self
-                    .ctx
-                    .session
-                    .patch_case_status(&self.row.case_id, step.as_str())
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(e) if is_final(&e) => {
-                        return Err(Stop::Failed(Refusal::HubRefused {
-                            doing_fr: "le changement de statut du dossier",
-                            doing_en: "changing the case's status",
-                            error: format!("to {step}: {e}"),
-                        }))
-                    }
-                    Err(e) => return Err(transient(&format!("setting the case {step}"), &e)),
-                }
-                self.status_now = Some(step);
-                crate::crashpoint::point("outbox_after_status_patch");
-            }
-        }
-        self.row.stage = ReplyStage::StatusSet;
-        self.save().await
-    }
-
-    /// Without files: the one event that tells the OSL.
-    async fn status_event(&mut self, case: Case) -> Result<(), Stop> {
+    /// The reply's status, as a step of its own ([`crate::sync::transition`]): one event, from
+    /// the status just read; nothing when the case already is at or past it. After a deposit
+    /// nothing here withdraws the documents: what the step met is recorded for `result.json`
+    /// (`status_note`), and only a transient failure leaves it to be retried alone. Without
+    /// files, the event carries the message; a case already there still gets the message.
+    async fn status_step(&mut self, fresh: Option<Case>) -> Result<(), Stop> {
         if self.row.stage >= ReplyStage::HubDone {
             return Ok(());
         }
-        let action = if self.reply.status.is_some() {
-            "STATUS_UPDATE"
-        } else {
-            "SENDING_MESSAGE"
+        let with_files = self.with_files();
+        let Some(target) = self.reply.status else {
+            if with_files {
+                return self.done(None).await;
+            }
+            let case = match fresh {
+                Some(c) => c,
+                None => self.get_case().await?,
+            };
+            return self.message_event(&case).await;
         };
-        self.row.action_type = Some(action.into());
-        let ev = self.post_once(&case, action).await?;
+        let marker = self.marker.clone();
+        let comment = self.comment();
+        let author = self.ctx.author.clone();
+        let message = if with_files {
+            None
+        } else {
+            self.reply.message.clone()
+        };
+        let receipt = self.ctx.receipt_status;
+        let path = |from: CaseStatus| status_walk(from, target, receipt).ok();
+        let event = |from: CaseStatus| NewEvent {
+            action_type: "STATUS_UPDATE".into(),
+            notification: true,
+            author: Some(author.clone()),
+            message: message.clone(),
+            comment: Some(comment.clone()),
+            case_current_status: Some(from.as_str().to_string()),
+            case_new_status: Some(target.as_str().to_string()),
+            attachments: Vec::new(),
+        };
+        let change = Change {
+            case_id: &self.row.case_id,
+            target,
+            marker: &marker,
+            path: &path,
+            event: &event,
+            owe_event_at_target: false,
+        };
+        let moved = change_status(&self.ctx.session, &change, fresh).await;
+        crate::crashpoint::point("outbox_after_status_patch");
+        match moved {
+            Ok(Moved::Done { event_id, from }) => {
+                self.status_now = Some(target);
+                if with_files {
+                    self.row.status_event_id = event_id;
+                } else {
+                    self.row.action_type = Some("STATUS_UPDATE".into());
+                    self.row.event_id = event_id;
+                }
+                self.done(Some(serde_json::json!({
+                    "outcome": "set", "from": from.as_str(), "status": target.as_str(),
+                })))
+                .await
+            }
+            Ok(Moved::AlreadyThere { status }) => {
+                self.status_now = Some(status);
+                tracing::info!(subscription = %self.ctx.name, folder = %self.row.key.folder,
+                    case_id = %self.row.case_id, status = %status, asked = %target,
+                    "outbox: the case is already at or past the reply's status (someone else set it); no status event");
+                let note = serde_json::json!({
+                    "outcome": "found", "status": status.as_str(),
+                    "note": format!("the case was already {status} (set by someone else, e.g. in the HubEE portal); no status event was posted"),
+                });
+                if !with_files && self.reply.message.is_some() {
+                    self.row.status_note = Some(note.to_string());
+                    let case = self.get_case().await?;
+                    return self.message_event(&case).await;
+                }
+                self.done(Some(note)).await
+            }
+            Ok(Moved::EventRefused {
+                error,
+                cap,
+                status,
+                reached,
+            }) => {
+                self.status_now = Some(status);
+                if !with_files {
+                    return Err(Stop::Failed(if cap {
+                        Refusal::EventCap {
+                            error: error.to_string(),
+                        }
+                    } else {
+                        Refusal::HubRefused {
+                            doing_fr: "l'événement de changement de statut",
+                            doing_en: "the status change event",
+                            error: error.to_string(),
+                        }
+                    }));
+                }
+                tracing::warn!(subscription = %self.ctx.name, folder = %self.row.key.folder,
+                    case_id = %self.row.case_id, error = %error, cap, status_reached = reached,
+                    "outbox: the documents are delivered, but the hub refused the status event for good");
+                self.done(Some(serde_json::json!({
+                    "outcome": "event_refused", "cap": cap, "status": status.as_str(),
+                    "status_reached": reached, "error": error.to_string(),
+                    "note": if cap {
+                        "the case has reached HubEE's limit of events: the status event could not be posted (the status was set by PATCH where the hub allowed it); set or confirm the status in the HubEE portal, or contact HubEE support"
+                    } else {
+                        "the hub refused the status event; check the case's status in the HubEE portal"
+                    },
+                })))
+                .await
+            }
+            Err(ChangeError::Transient { doing, error }) => {
+                if with_files {
+                    self.row.status_note = Some(
+                        serde_json::json!({"outcome": "pending", "error": format!("{doing}: {error}")})
+                            .to_string(),
+                    );
+                    self.save().await?;
+                }
+                Err(transient(doing, &error))
+            }
+            Err(ChangeError::Impossible { from, to }) => {
+                self.status_refused(Refusal::ImpossibleStatus {
+                    from: from.to_string(),
+                    to: to.to_string(),
+                })
+                .await
+            }
+            Err(ChangeError::UnknownStatus(status)) => {
+                self.status_refused(Refusal::UnknownCaseStatus { status })
+                    .await
+            }
+            Err(ChangeError::Refused { error, .. }) => {
+                let refusal = if matches!(error.status(), Some(403 | 404)) {
+                    Refusal::CaseNotOnHub {
+                        error: error.to_string(),
+                    }
+                } else {
+                    Refusal::HubRefused {
+                        doing_fr: "le changement de statut du dossier",
+                        doing_en: "changing the case's status",
+                        error: format!("to {target}: {error}"),
+                    }
+                };
+                self.status_refused(refusal).await
+            }
+        }
+    }
+
+    /// The status step is refused for good: without files the reply fails; after a deposit
+    /// the documents stay delivered and `result.json` says why the status did not change.
+    async fn status_refused(&mut self, refusal: Refusal) -> Result<(), Stop> {
+        if !self.with_files() {
+            return Err(Stop::Failed(refusal));
+        }
+        let (_, what) = refusal.what();
+        tracing::warn!(subscription = %self.ctx.name, folder = %self.row.key.folder,
+            case_id = %self.row.case_id, error = %what,
+            "outbox: the documents are delivered, but the case's status could not be changed");
+        self.done(Some(serde_json::json!({
+            "outcome": "refused", "error": what,
+            "note": "the documents are delivered; the case's status was not changed: set it in the HubEE portal",
+        })))
+        .await
+    }
+
+    /// The `SENDING_MESSAGE` event that carries the reply's message.
+    async fn message_event(&mut self, case: &Case) -> Result<(), Stop> {
+        self.row.action_type = Some("SENDING_MESSAGE".into());
+        let ev = self.post_once(case, "SENDING_MESSAGE").await?;
         self.row.event_id = ev.id.clone();
+        self.row.stage = ReplyStage::HubDone;
+        self.save().await
+    }
+
+    /// Everything is on the hub; `note` says how the status step ended.
+    async fn done(&mut self, note: Option<serde_json::Value>) -> Result<(), Stop> {
+        if let Some(n) = note {
+            self.row.status_note = Some(n.to_string());
+        }
         self.row.stage = ReplyStage::HubDone;
         self.save().await
     }
@@ -576,8 +737,9 @@ pub async fn abandon(
             "the case's status was not changed.".to_string(),
         ),
     };
-    let deposit_open =
-        row.action_type.as_deref() == Some("ATTACH_DEPOSIT") && row.stage < ReplyStage::HubDone;
+    // Only a deposit not yet SENT is withdrawn: once SENT, the documents are delivered.
+    let deposit_open = row.action_type.as_deref() == Some("ATTACH_DEPOSIT")
+        && row.stage < ReplyStage::DepositSent;
     match (&row.event_id, deposit_open) {
         (Some(event_id), true) => match ctx.session.delete_event(&row.case_id, event_id).await {
             Ok(()) => {

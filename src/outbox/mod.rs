@@ -271,6 +271,12 @@ async fn handle(
             ctx.state.outbox_save(&row).await?;
             let failing_for = Duration::from_millis(u64::try_from(now - since).unwrap_or(0));
             if failing_for >= opts.give_up_after && row.attempts > 1 {
+                if delivered(&row) {
+                    // The documents are on the hub: only the status step is given up.
+                    give_up_status(&mut row, &ms_to_rfc3339(since), &error);
+                    finish_sent(ctx, dirs, c, row, report).await?;
+                    return Ok(Flow::Next);
+                }
                 let refusal = Refusal::GaveUp {
                     since: ms_to_rfc3339(since),
                     error,
@@ -289,6 +295,26 @@ async fn handle(
         }
     }
     Ok(Flow::Next)
+}
+
+/// The reply's documents are on the hub (its deposit is SENT): whatever happens to its
+/// status step, it is never undone nor reported as failed.
+fn delivered(row: &ReplyRow) -> bool {
+    row.action_type.as_deref() == Some("ATTACH_DEPOSIT") && row.stage >= ReplyStage::DepositSent
+}
+
+/// The status step of a delivered reply is abandoned: recorded as such for result.json.
+fn give_up_status(row: &mut ReplyRow, since: &str, error: &str) {
+    row.status_note = Some(
+        serde_json::json!({
+            "outcome": "gave_up",
+            "since": since,
+            "error": error,
+            "note": "the documents are delivered; the case's status could not be changed in time: set it in the HubEE portal",
+        })
+        .to_string(),
+    );
+    row.stage = ReplyStage::HubDone;
 }
 
 fn key(ctx: &SubscriptionCtx, folder: &str, sha: &str) -> ReplyKey {
@@ -385,6 +411,12 @@ async fn refuse(
     report: &mut OutboxReport,
 ) -> Result<(), StateError> {
     match resumed {
+        Some(mut row) if delivered(&row) => {
+            // The documents are delivered already; the status step is what is refused.
+            let (_, what) = refusal.what();
+            give_up_status(&mut row, &ms_to_rfc3339(now_ms()), &what);
+            finish_sent(ctx, dirs, c, row, report).await
+        }
         Some(row) => {
             let f = apply::abandon(ctx, &row, None, refusal).await;
             finish_failed(ctx, dirs, c, row, f, report).await
@@ -428,6 +460,10 @@ fn result_json(ctx: &SubscriptionCtx, row: &ReplyRow, sent_at: i64) -> serde_jso
         "action_type": row.action_type,
         "status_from": row.status_from,
         "status": row.status_to,
+        "status_event_id": row.status_event_id,
+        // How the reply's status step ended (with files it follows the deposit): set, found
+        // (already there, set by someone else), event_refused, refused, impossible, pending.
+        "status_step": row.status_note.as_deref().and_then(|n| serde_json::from_str::<serde_json::Value>(n).ok()),
         "files": row.files.iter().map(|f| serde_json::json!({
             "file": f.file,
             "type": f.type_,
@@ -514,6 +550,7 @@ async fn note_sent(ctx: &SubscriptionCtx, row: &ReplyRow) {
         "action_type": row.action_type,
         "files": row.files.iter().map(|f| f.file.clone()).collect::<Vec<_>>(),
         "moved_to": row.moved_to,
+        "status_step": row.status_note.as_deref().and_then(|n| serde_json::from_str::<serde_json::Value>(n).ok()),
     });
     note_outcome(ctx, "outbox_sent", row, detail).await;
 }
@@ -671,7 +708,10 @@ async fn reconcile(ctx: &SubscriptionCtx, present: &HashSet<ReplyKey>) -> Result
         if present.contains(&row.key) {
             continue;
         }
-        if row.stage == ReplyStage::HubDone {
+        if row.stage == ReplyStage::HubDone || delivered(&row) {
+            if row.stage < ReplyStage::HubDone {
+                give_up_status(&mut row, &ms_to_rfc3339(now_ms()), "the reply's folder left outbox/new/ before its status step");
+            }
             row.stage = ReplyStage::Finished;
             row.outcome = Some("sent".into());
             row.finished_at = Some(now_ms());

@@ -106,6 +106,10 @@ pub enum Refusal {
         file: String,
         status: String,
     },
+    /// HubEE's cap on events per case (PROTOCOL §10.17): final, for this case.
+    EventCap {
+        error: String,
+    },
     GaveUp {
         since: String,
         error: String,
@@ -244,6 +248,10 @@ impl Refusal {
                 format!("le hub n'a pas accepté le fichier {file:?} (statut {status})"),
                 format!("the hub did not accept file {file:?} (status {status})"),
             ),
+            EventCap { error } => (
+                format!("le dossier a atteint la limite d'événements de HubEE : le hub refuse désormais tout nouvel événement sur ce dossier ({error})"),
+                format!("the case has reached HubEE's limit of events: the hub now refuses any further event on it ({error})"),
+            ),
             GaveUp { since, error } => (
                 format!("le hub n'a pas pu être joint depuis {since} ; dernière erreur : {error}"),
                 format!("the hub could not be reached since {since}; last error: {error}"),
@@ -326,6 +334,10 @@ impl Refusal {
             HubRefused { .. } | FileNotAccepted { .. } => (
                 format!("vérifiez les formats, types et tailles de pièces permis par la démarche (portail HubEE) ; {RESEND_FR}"),
                 format!("check the attachment formats, types and sizes the démarche allows (HubEE portal); {RESEND_EN}"),
+            ),
+            EventCap { .. } => (
+                "répondez par le portail HubEE (Gestion des dossiers), ou écrivez au support HubEE (support@hubee.numerique.gouv.fr) en donnant le numéro du dossier ; renvoyer cette réponse ne servira à rien".into(),
+                "reply through the HubEE portal, or write to HubEE support (support@hubee.numerique.gouv.fr) giving the case's number; sending this reply again will not help".into(),
             ),
             Withdrawn => (
                 format!("ne déplacez ni ne modifiez une réponse déposée dans outbox/new/ ; {RESEND_FR}"),

@@ -171,6 +171,11 @@ pub struct SubscriptionStatus {
     pub node_since: Option<String>,
     pub lease_epoch: Option<i64>,
     pub lease_expires_at: Option<String>,
+    /// Status events of ours the hub refused for good (its cap on events per case, a rule of
+    /// the démarche): the télédossiers were delivered, the events could not be posted.
+    pub events_refused: i64,
+    /// The latest of them: "case ID at TIME: error".
+    pub last_event_refused: Option<String>,
 }
 
 /// One item that failed: how often (in distinct cycles), since when, and why.
@@ -1050,7 +1055,35 @@ impl StateDb {
                 node_since: None,
                 lease_epoch: None,
                 lease_expires_at: None,
+                events_refused: 0,
+                last_event_refused: None,
             };
+            let refused = sqlx::query(
+                "SELECT COUNT(*),
+                    (SELECT case_id FROM activity WHERE subscription = $1 AND kind = 'hub_event_refused' ORDER BY seq DESC LIMIT 1),
+                    (SELECT at FROM activity WHERE subscription = $1 AND kind = 'hub_event_refused' ORDER BY seq DESC LIMIT 1),
+                    (SELECT detail FROM activity WHERE subscription = $1 AND kind = 'hub_event_refused' ORDER BY seq DESC LIMIT 1)
+                 FROM activity WHERE subscription = $1 AND kind = 'hub_event_refused'",
+            )
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(self.q("counting refused events"))?;
+            st.events_refused = refused.try_get::<i64, _>(0).unwrap_or(0);
+            if st.events_refused > 0 {
+                let case: Option<String> = refused.try_get(1).ok().flatten();
+                let at: Option<i64> = refused.try_get(2).ok().flatten();
+                let detail: Option<String> = refused.try_get(3).ok().flatten();
+                let error = detail
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(&d).ok())
+                    .and_then(|d| d.get("error").and_then(|e| e.as_str()).map(str::to_string))
+                    .unwrap_or_default();
+                st.last_event_refused = Some(format!(
+                    "case {} at {}: {error}",
+                    case.unwrap_or_default(),
+                    at.map(ms_to_rfc3339).unwrap_or_default()
+                ));
+            }
             if let Some(l) = view.leases.iter().find(|l| &l.subscription == name) {
                 if l.holder.is_some() && l.expires_at_ms > view.now_ms {
                     st.node = l.holder.clone();

@@ -27,9 +27,13 @@ pub enum ReplyStage {
     EventCreated,
     /// Every file is uploaded and `RECEIVED`.
     FilesUploaded,
-    /// The case's status is where the reply asked (or nothing was asked).
+    /// Written by versions before 0.2 only (they changed the status before the deposit was
+    /// SENT): the status is set, the deposit may still be `IN_PROGRESS`.
     StatusSet,
-    /// Everything is on the hub: the deposit is `SENT`, or the status/message event posted.
+    /// The deposit is `SENT`: the documents are delivered; the status step may remain.
+    DepositSent,
+    /// Everything is on the hub (the status step done, or what it met recorded in
+    /// `status_note`), or the status/message event posted.
     HubDone,
     /// Moved out of `outbox/new/` (`outcome` says to `sent/` or `failed/`).
     Finished,
@@ -42,6 +46,7 @@ impl ReplyStage {
             ReplyStage::EventCreated => "event_created",
             ReplyStage::FilesUploaded => "files_uploaded",
             ReplyStage::StatusSet => "status_set",
+            ReplyStage::DepositSent => "deposit_sent",
             ReplyStage::HubDone => "hub_done",
             ReplyStage::Finished => "finished",
         }
@@ -52,6 +57,7 @@ impl ReplyStage {
             "event_created" => ReplyStage::EventCreated,
             "files_uploaded" => ReplyStage::FilesUploaded,
             "status_set" => ReplyStage::StatusSet,
+            "deposit_sent" => ReplyStage::DepositSent,
             "hub_done" => ReplyStage::HubDone,
             "finished" => ReplyStage::Finished,
             _ => ReplyStage::Started,
@@ -97,6 +103,11 @@ pub struct ReplyRow {
     pub last_error: Option<String>,
     pub finished_at: Option<i64>,
     pub moved_to: Option<String>,
+    /// With files: the event of the status step that followed the deposit.
+    pub status_event_id: Option<String>,
+    /// What the status step did or met (JSON), for result.json: `{"outcome": "set" | "found"
+    /// | "event_refused" | "refused" | "impossible" | "pending", "status", "error", "cap"}`.
+    pub status_note: Option<String>,
 }
 
 impl ReplyRow {
@@ -117,6 +128,8 @@ impl ReplyRow {
             last_error: None,
             finished_at: None,
             moved_to: None,
+            status_event_id: None,
+            status_note: None,
         }
     }
 }
@@ -131,7 +144,7 @@ pub struct OutboxCounts {
 
 const COLUMNS: &str = "subscription, folder, reply_sha256, case_id, external_id, stage, outcome,
     status_from, status_to, action_type, event_id, files_json, attempts, failing_since,
-    last_error, finished_at, moved_to";
+    last_error, finished_at, moved_to, status_event_id, status_note";
 
 fn row_to_reply(r: &AnyRow) -> Result<ReplyRow, sqlx::Error> {
     let files_json: Option<String> = r.try_get(11)?;
@@ -161,6 +174,8 @@ fn row_to_reply(r: &AnyRow) -> Result<ReplyRow, sqlx::Error> {
         last_error: r.try_get(14)?,
         finished_at: r.try_get(15)?,
         moved_to: r.try_get(16)?,
+        status_event_id: r.try_get(17)?,
+        status_note: r.try_get(18)?,
     })
 }
 
@@ -242,7 +257,8 @@ impl StateDb {
             "UPDATE outbox_reply SET case_id = $4, external_id = $5, stage = $6, outcome = $7,
                 status_from = $8, status_to = $9, action_type = $10, event_id = $11,
                 files_json = $12, attempts = $13, failing_since = $14, last_error = $15,
-                finished_at = $16, moved_to = $17, updated_at = $18
+                finished_at = $16, moved_to = $17, updated_at = $18, status_event_id = $19,
+                status_note = $20
              WHERE subscription = $1 AND folder = $2 AND reply_sha256 = $3",
         )
         .bind(&row.key.subscription)
@@ -262,7 +278,9 @@ impl StateDb {
         .bind(row.last_error.clone())
         .bind(row.finished_at)
         .bind(row.moved_to.clone())
-        .bind(now_ms());
+        .bind(now_ms())
+        .bind(row.status_event_id.clone())
+        .bind(row.status_note.clone());
         self.write_one(
             &row.key.subscription,
             "recording an outbox reply's progress",

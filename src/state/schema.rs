@@ -138,6 +138,13 @@ const MIGRATIONS: &[&str] = &[
         renewed_at BIGINT,
         expires_at BIGINT NOT NULL
     )",
+    // 7: a reply with files changes the case's status as a step of its own, after its deposit
+    // is SENT (PROTOCOL §10.1, §10.20): that step's event, and what the step found or met
+    // (JSON: outcome, status, error), for result.json.
+    // And the status events the hub refused for good, counted by `status`.
+    "ALTER TABLE outbox_reply ADD COLUMN status_event_id TEXT;
+    ALTER TABLE outbox_reply ADD COLUMN status_note TEXT;
+    CREATE INDEX IF NOT EXISTS activity_kind ON activity (subscription, kind, seq)",
 ];
 
 /// The newest schema this binary knows.

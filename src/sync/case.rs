@@ -12,6 +12,7 @@ use crate::state::{DeliveryKey, DeliveryRow, Stage};
 
 use super::cycle::{ItemError, SubscriptionCtx};
 use super::entry::{self, EntrySource, Publication};
+use super::transition::{change_status, Change, ChangeError, Moved};
 
 /// The comment that marks our receipt event, so a POST whose answer was lost is recognised
 /// instead of being posted twice (PROTOCOL §9).
@@ -224,7 +225,7 @@ async fn deliver_round(
     }
     let row = row.ok_or_else(|| ItemError::Internal("delivery record vanished".into()))?;
     if row.stage < Stage::ReceiptDone {
-        receipt(ctx, &row, for_receipt).await?;
+        receipt(ctx, &row).await?;
     }
     Ok(outcome)
 }
@@ -247,24 +248,18 @@ fn receipt_start(ctx: &SubscriptionCtx, case: &Case, round: i64) -> Option<(Stri
     }
 }
 
-/// Walks the case to the receipt status and posts one STATUS_UPDATE event, exactly once.
-async fn receipt(
-    ctx: &SubscriptionCtx,
-    row: &DeliveryRow,
-    fresh: Option<Case>,
-) -> Result<(), ItemError> {
+/// Walks the case to the receipt status with one STATUS_UPDATE event, exactly once, on any
+/// kind of hub ([`transition`]). The case is read again first: the one read before the
+/// downloads may be stale (a portal agent may have moved it meanwhile).
+async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemError> {
     let key = &row.key;
-    let case = match fresh {
-        Some(c) => c,
-        None => {
-            ctx.session
-                .get_case(&key.case_id)
-                .await
-                .map_err(|e| ItemError::hub(e, "reading the case before the receipt"))?
-                .0
-        }
-    };
     let marker = receipt_key(&key.case_id, key.round);
+    let target = ctx.receipt_status;
+    let (case, _) = ctx
+        .session
+        .get_case(&key.case_id)
+        .await
+        .map_err(|e| ItemError::hub(e, "reading the case before the receipt"))?;
     if let Some(ev) = find_marked_event(&case, &marker) {
         ctx.state.record_receipt_done(key, ev.as_deref()).await?;
         return Ok(());
@@ -275,68 +270,98 @@ async fn receipt(
             "the hub reports an unknown case status {current_s:?}"
         ))
     })?;
-    let target = ctx.receipt_status;
-    let from = match (&row.receipt_from, row.stage >= Stage::ReceiptStarted) {
-        (Some(f), true) => f.clone(),
-        _ => {
-            // A reopened round whose case an earlier round already walked to the receipt
-            // status (two reopenings before the first was read) still owes the OSL its
-            // receipt; past the receipt status, someone else moved the case on.
-            let reopened_at_target = key.round > 0 && current == target;
-            if receipt_plan(current, target) == ReceiptPlan::LeaveAsIs && !reopened_at_target {
-                tracing::info!(subscription = %ctx.name, case_id = %key.case_id, status = %current,
-                    "case already at or past its receipt status; left as it is, no receipt event");
-                ctx.state.record_receipt_done(key, None).await?;
-                return Ok(());
-            }
-            ctx.state
-                .record_receipt_start(key, current.as_str(), target.as_str())
-                .await?;
-            current.as_str().to_string()
+    // A reopened round whose case an earlier round already walked to the receipt status (two
+    // reopenings before the first was read) still owes the OSL its receipt; past the receipt
+    // status, someone else moved the case on. Once the walk began, a case found exactly at
+    // the receipt status without our event still gets it (with no status change): the OSL
+    // is owed a receipt, and the event says only what is true.
+    if row.stage < Stage::ReceiptStarted {
+        let reopened_at_target = key.round > 0 && current == target;
+        if receipt_plan(current, target) == ReceiptPlan::LeaveAsIs && !reopened_at_target {
+            tracing::info!(subscription = %ctx.name, case_id = %key.case_id, status = %current,
+                "case already at or past its receipt status; left as it is, no receipt event");
+            ctx.state.record_receipt_done(key, None).await?;
+            return Ok(());
         }
-    };
-    if let ReceiptPlan::Walk { steps } = receipt_plan(current, target) {
-        for step in steps {
-            ctx.session
-                .patch_case_status(&key.case_id, step.as_str())
-                .await
-                .map_err(|e| ItemError::hub(e, "setting the receipt status"))?;
-            crate::crashpoint::point("after_patch");
-        }
+        ctx.state
+            .record_receipt_start(key, current.as_str(), target.as_str())
+            .await?;
     }
-    let event = NewEvent {
+    let author = ctx.author.clone();
+    let path = |from: CaseStatus| match receipt_plan(from, target) {
+        ReceiptPlan::LeaveAsIs => Some(Vec::new()),
+        ReceiptPlan::Walk { steps } => Some(steps),
+    };
+    let event = |from: CaseStatus| NewEvent {
         action_type: "STATUS_UPDATE".into(),
         notification: true,
-        author: Some(ctx.author.clone()),
+        author: Some(author.clone()),
         message: Some(format!(
             "Télédossier reçu et intégré par le service instructeur (statut {}).",
             target.as_str()
         )),
         comment: Some(marker.clone()),
-        case_current_status: Some(from),
+        case_current_status: Some(from.as_str().to_string()),
         case_new_status: Some(target.as_str().to_string()),
         attachments: Vec::new(),
     };
-    match ctx.session.post_event(&key.case_id, &event).await {
-        Ok(ev) => {
-            crate::crashpoint::point("after_event_post");
-            ctx.state.record_receipt_done(key, ev.id.as_deref()).await?;
+    let change = Change {
+        case_id: &key.case_id,
+        target,
+        marker: &marker,
+        path: &path,
+        event: &event,
+        owe_event_at_target: true,
+    };
+    match change_status(&ctx.session, &change, Some(case)).await {
+        Ok(Moved::Done { event_id, .. }) => {
+            ctx.state
+                .record_receipt_done(key, event_id.as_deref())
+                .await?;
             Ok(())
         }
-        Err(e) if e.maybe_applied() => {
-            // The answer was lost: look before posting again (PROTOCOL §9).
-            let (case, _) = ctx.session.get_case(&key.case_id).await.map_err(|e2| {
-                ItemError::hub(e2, "looking for a receipt event whose answer was lost")
-            })?;
-            match find_marked_event(&case, &marker) {
-                Some(id) => {
-                    ctx.state.record_receipt_done(key, id.as_deref()).await?;
-                    Ok(())
-                }
-                None => Err(ItemError::hub(e, "posting the receipt event")),
-            }
+        Ok(Moved::AlreadyThere { status }) => {
+            tracing::info!(subscription = %ctx.name, case_id = %key.case_id, status = %status,
+                "case moved to or past its receipt status by someone else; no receipt event");
+            ctx.state.record_receipt_done(key, None).await?;
+            Ok(())
         }
-        Err(e) => Err(ItemError::hub(e, "posting the receipt event")),
+        Ok(Moved::EventRefused {
+            error,
+            cap,
+            status,
+            reached,
+        }) => {
+            // Final: never retried, never a reason to withhold the delivery (§10.17).
+            crate::events::receipt_event_refused(&ctx.name, &key.case_id, cap, &error, status);
+            let detail = serde_json::json!({
+                "what": "receipt",
+                "round": key.round,
+                "cap": cap,
+                "status": status.as_str(),
+                "status_reached": reached,
+                "target": target.as_str(),
+                "error": error.to_string(),
+            });
+            ctx.state
+                .record_activity(
+                    &ctx.name,
+                    "hub_event_refused",
+                    Some(&key.case_id),
+                    None,
+                    None,
+                    detail,
+                )
+                .await?;
+            ctx.state.record_receipt_done(key, None).await?;
+            Ok(())
+        }
+        Err(ChangeError::Transient { doing, error } | ChangeError::Refused { doing, error }) => {
+            Err(ItemError::hub(error, doing))
+        }
+        Err(e @ (ChangeError::Impossible { .. } | ChangeError::UnknownStatus(_))) => {
+            Err(ItemError::Refused(format!("the receipt of case {}: {e}", key.case_id)))
+        }
     }
 }
 

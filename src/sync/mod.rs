@@ -9,6 +9,7 @@
 //! - [`cycle`]: the batch loop (the cases of a batch side by side, each case's notifications
 //!   in order), recovery of interrupted publications, the per-cycle report.
 //! - [`sequence`]: spool sequence numbers, reserved in blocks, published in their order.
+//! - [`transition`]: a case moved to a status with one truthful event, on any kind of hub.
 
 pub mod case;
 pub mod cycle;
@@ -19,5 +20,6 @@ pub mod park;
 pub mod plan;
 pub mod redeliver;
 pub mod sequence;
+pub mod transition;
 
 pub use cycle::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};

@@ -11,9 +11,11 @@ use std::time::Duration;
 
 use crate::deliver::names;
 use crate::hubee::model::NewEvent;
+use crate::hubee::status::{strict_path, CaseStatus};
 use crate::state::{Failure, WorkItem};
 
 use super::cycle::{ItemError, SubscriptionCtx};
+use super::transition::{change_status, Change, ChangeError, Moved};
 
 /// Failed cycles after which an item is parked (its notification deleted).
 pub const PARK_AFTER: i64 = 2;
@@ -86,8 +88,10 @@ pub async fn quarantine(
                  événement / event: {event}\n\
                  échecs / failed cycles: {n} depuis / since {since}\n\
                  dernière erreur / last error: {err}\n\n\
-                 Le dossier a été passé au statut SI_INTG_ERROR sur HubEE, avec un événement.\n\
-                 The case was set to SI_INTG_ERROR on HubEE, with an event.\n\
+                 Le dossier est passé au statut SI_INTG_ERROR sur HubEE, avec un événement, sauf s'il\n\
+                 porte déjà une décision (DONE, REFUSED, CLOSED), qui n'est jamais défaite.\n\
+                 The case is set to SI_INTG_ERROR on HubEE, with an event, unless it already carries\n\
+                 a decision (DONE, REFUSED, CLOSED), which is never undone.\n\
                  Que faire / what to do: examine the files here; the online service (OSL) may resend or\n\
                  reopen the case, which hubee-sync then delivers as a new round. This folder is not\n\
                  read by hubee-sync again; move or delete it when done.\n",
@@ -191,59 +195,94 @@ async fn collect_what_we_can(
 }
 
 /// SI_INTG_ERROR on the case, with one STATUS_UPDATE event saying why (PROTOCOL §8.2,
-/// "If integration fails").
+/// "If integration fails"), on any kind of hub ([`super::transition`]). A case that already
+/// has a decision (`DONE`, `REFUSED`, closed) is left as it is: an integration error never
+/// undoes someone's decision. A status the hub cannot reach from where the case is (the path
+/// of the strict table) is not forced, and no event then claims it.
 async fn mark_integration_error(
     ctx: &SubscriptionCtx,
     item: &WorkItem,
     error: &str,
 ) -> Result<(), ItemError> {
-    let (case, _) = ctx
-        .session
-        .get_case(&item.case_id)
-        .await
-        .map_err(|e| ItemError::hub(e, "reading the case to quarantine it"))?;
     let marker = quarantine_key(item);
-    if case
-        .events
-        .iter()
-        .any(|e| e.comment.as_deref().is_some_and(|c| c.trim() == marker))
-    {
-        return Ok(());
-    }
-    let current = case.status.clone().unwrap_or_default();
-    if current != "SI_INTG_ERROR" {
-        if let Err(e) = ctx
-            .session
-            .patch_case_status(&item.case_id, "SI_INTG_ERROR")
-            .await
-        {
-            if e.status().is_some_and(|s| (400..500).contains(&s)) {
-                // The hub refuses the transition (e.g. a closed case): the event still tells.
-                tracing::warn!(subscription = %ctx.name, case_id = %item.case_id, status = %current,
-                    error = %e, "the hub refuses SI_INTG_ERROR for this case; posting the event only");
-            } else {
-                return Err(ItemError::hub(e, "setting SI_INTG_ERROR"));
-            }
-        }
-    }
     let mut short = error.to_string();
     crate::hubee::model::truncate_chars(&mut short, 400);
-    let event = NewEvent {
+    let author = ctx.author.clone();
+    let target = CaseStatus::SiIntgError;
+    let path = |from: CaseStatus| strict_path(from, target);
+    let event = |from: CaseStatus| NewEvent {
         action_type: "STATUS_UPDATE".into(),
         notification: true,
-        author: Some(ctx.author.clone()),
+        author: Some(author.clone()),
         message: Some(format!(
             "Intégration impossible dans le logiciel du service instructeur : {short}"
         )),
-        comment: Some(marker),
-        case_current_status: Some(current),
-        case_new_status: Some("SI_INTG_ERROR".into()),
+        comment: Some(marker.clone()),
+        case_current_status: Some(from.as_str().to_string()),
+        case_new_status: Some(target.as_str().to_string()),
         attachments: Vec::new(),
     };
-    match ctx.session.post_event(&item.case_id, &event).await {
-        Ok(_) => Ok(()),
-        // A lost answer: the next attempt looks for the marker before posting again.
-        Err(e) => Err(ItemError::hub(e, "posting the SI_INTG_ERROR event")),
+    let change = Change {
+        case_id: &item.case_id,
+        target,
+        marker: &marker,
+        path: &path,
+        event: &event,
+        owe_event_at_target: false,
+    };
+    match change_status(&ctx.session, &change, None).await {
+        Ok(Moved::Done { .. }) => Ok(()),
+        Ok(Moved::AlreadyThere { status }) => {
+            tracing::info!(subscription = %ctx.name, case_id = %item.case_id, status = %status,
+                "quarantined case left at its status (already an integration error or a decision); no event");
+            Ok(())
+        }
+        Ok(Moved::EventRefused {
+            error,
+            cap,
+            status,
+            reached,
+        }) => {
+            crate::events::receipt_event_refused(&ctx.name, &item.case_id, cap, &error, status);
+            let detail = serde_json::json!({
+                "what": "quarantine",
+                "cap": cap,
+                "status": status.as_str(),
+                "status_reached": reached,
+                "target": target.as_str(),
+                "error": error.to_string(),
+            });
+            ctx.state
+                .record_activity(
+                    &ctx.name,
+                    "hub_event_refused",
+                    Some(&item.case_id),
+                    item.external_id.as_deref(),
+                    None,
+                    detail,
+                )
+                .await?;
+            Ok(())
+        }
+        Err(ChangeError::Impossible { from, to }) => {
+            tracing::warn!(subscription = %ctx.name, case_id = %item.case_id, status = %from,
+                "the hub allows no way from {from} to {to} for this case; quarantined without changing its status");
+            Ok(())
+        }
+        Err(ChangeError::UnknownStatus(s)) => Err(ItemError::Refused(format!(
+            "the hub reports an unknown case status {s:?} for case {}",
+            item.case_id
+        ))),
+        Err(ChangeError::Refused { doing, error }) if error.status() == Some(400) => {
+            // The hub refuses the status for this case (a rule of the démarche): quarantine
+            // still happens, the case keeps its status, and nothing claims otherwise.
+            tracing::warn!(subscription = %ctx.name, case_id = %item.case_id, error = %error,
+                "the hub refuses SI_INTG_ERROR for this case ({doing}); quarantined without changing its status");
+            Ok(())
+        }
+        Err(ChangeError::Refused { doing, error } | ChangeError::Transient { doing, error }) => {
+            Err(ItemError::hub(error, doing))
+        }
     }
 }
 
