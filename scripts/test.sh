@@ -10,6 +10,18 @@ if ! python3 -c 'import aiosmtpd' 2>/dev/null; then
         || python3 -m pip install --quiet --break-system-packages aiosmtpd 2>/dev/null \
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-aiosmtpd; }
 fi
+# The schema test (scripts/check-hub-traffic.py) validates the recorded hub traffic against
+# the official OpenAPI spec with Python's PyYAML and jsonschema.
+if ! python3 -c 'import yaml, jsonschema' 2>/dev/null; then
+    python3 -m pip install --quiet pyyaml jsonschema 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages pyyaml jsonschema 2>/dev/null \
+        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml python3-jsonschema; }
+fi
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
 export HUBEE_TEST_PG_URL="${HUBEE_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 cargo test --locked --workspace
+# The receipt, event, outbox, crash, fault and recovery tests once more against the hub of the
+# documents, where only PATCH moves a case (fake-hubee's HubBehaviour::patch_only; the first
+# pass ran them against a hub where an event's caseNewStatus moves it, PROTOCOL §10.1).
+HUBEE_TEST_HUB=patch-only cargo test --locked --test receive --test events --test outbox \
+    --test crash --test faults --test recovery

@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{World, CLIENT, SECRET};
+use common::{hubs, World, CLIENT, SECRET};
 use fake_hubee::{AttachmentSpec, Content, Fault, OslEvent, Route};
 use serde_json::{json, Value};
 
@@ -73,6 +73,14 @@ fn reply_events(w: &World, case: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Our reply events of one type on a case.
+fn reply_events_of(w: &World, case: &str, action_type: &str) -> Vec<Value> {
+    reply_events(w, case)
+        .into_iter()
+        .filter(|e| e["actionType"] == action_type)
+        .collect()
+}
+
 async fn activity_kinds(w: &World) -> Vec<String> {
     let db = hubee_sync::state::StateDb::open(&hubee_sync::state::Location::Sqlite(
         w.dir.path().join("state.db"),
@@ -111,15 +119,19 @@ async fn done_reply_with_a_pdf_is_deposited_uploaded_and_sent() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("1 envoyée(s)"), "{out}");
 
-    // On the hub: one deposit event, SENT, its file uploaded whole; the case DONE.
+    // On the hub: one deposit event without a status change, SENT, its file uploaded whole;
+    // then one status event; the case DONE.
     let events = reply_events(&w, &case);
-    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events.len(), 2, "{events:#?}");
     let ev = &events[0];
     assert_eq!(ev["actionType"], "ATTACH_DEPOSIT");
     assert_eq!(ev["status"], "SENT");
     assert_eq!(ev["caseCurrentStatus"], "IN_PROGRESS");
-    assert_eq!(ev["caseNewStatus"], "DONE");
+    assert_eq!(ev["caseNewStatus"], "IN_PROGRESS");
     assert_eq!(ev["message"], "Votre acte est disponible");
+    assert_eq!(events[1]["actionType"], "STATUS_UPDATE");
+    assert_eq!(events[1]["caseCurrentStatus"], "IN_PROGRESS");
+    assert_eq!(events[1]["caseNewStatus"], "DONE");
     let att = &ev["attachments"][0];
     assert_eq!(att["fileName"], "acte.pdf");
     assert_eq!(att["status"], "RECEIVED");
@@ -132,10 +144,6 @@ async fn done_reply_with_a_pdf_is_deposited_uploaded_and_sent() {
     assert_eq!(bytes.unwrap(), acte);
     assert_eq!(sha, sha256_hex(&acte));
     assert_eq!(w.hub.case_status(&case).as_deref(), Some("DONE"));
-    assert_eq!(
-        w.hub.status_patches(&case).last().map(String::as_str),
-        Some("DONE")
-    );
     // The PUT carried the digest and the exact size.
     let put = w
         .hub
@@ -171,7 +179,7 @@ async fn done_reply_with_a_pdf_is_deposited_uploaded_and_sent() {
     // A second run does nothing more.
     let (code, out, err) = w.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
-    assert_eq!(reply_events(&w, &case).len(), 1);
+    assert_eq!(reply_events(&w, &case).len(), 2);
 
     // `status` counts it.
     let (_, st, _) = w.run(&["status", "--json"]).await;
@@ -283,7 +291,7 @@ async fn upload_whose_connection_resets_mid_file_is_sent_again_and_stored_once()
     let (code, out, err) = w.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(w.hub.request_count(Route::PutEventAttachment), 2);
-    let events = reply_events(&w, &case);
+    let events = reply_events_of(&w, &case, "ATTACH_DEPOSIT");
     assert_eq!(events.len(), 1);
     let att = &events[0]["attachments"][0];
     let (_, sha) = w
@@ -413,13 +421,15 @@ async fn a_kill_after_the_event_post_or_any_put_resumes_without_a_second_event()
 
         let (code, out, err) = w.run(&["once"]).await;
         assert_eq!(code, 0, "{point}: {out}{err}");
-        let events = reply_events(&w, &case);
+        let events = reply_events_of(&w, &case, "ATTACH_DEPOSIT");
         assert_eq!(events.len(), 1, "{point}: one deposit event: {events:#?}");
         assert_eq!(events[0]["status"], "SENT", "{point}");
+        let status = reply_events_of(&w, &case, "STATUS_UPDATE");
+        assert_eq!(status.len(), 1, "{point}: one status event: {status:#?}");
         assert_eq!(
             w.hub.request_count(Route::PostEvent),
-            2,
-            "{point}: the receipt and one deposit, never a second POST"
+            3,
+            "{point}: the receipt, one deposit, one status event, never a second POST"
         );
         assert_eq!(
             w.hub.request_count(Route::PutEventAttachment),
@@ -583,6 +593,38 @@ async fn hostile_file_names_in_reply_json_are_refused_before_the_hub_is_touched(
 async fn a_status_the_case_cannot_reach_is_a_clear_failure() {
     let w = World::new().await;
     let (case, ext) = received_case(&w, 11).await;
+    // The hub supervises cases in SI_INTG_ERROR: no way leads from there to DONE.
+    w.hub.osl_post_event(
+        &case,
+        OslEvent {
+            action_type: "STATUS_UPDATE".into(),
+            message: Some("Erreur d'intégration".into()),
+            case_new_status: Some("SI_INTG_ERROR".into()),
+            attachments: vec![],
+        },
+    );
+    write_reply(
+        &w,
+        "trop-tard",
+        &json!({"external_id": ext, "status": "DONE"}),
+        &[],
+    );
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(w.hub.case_status(&case).as_deref(), Some("SI_INTG_ERROR"));
+    assert!(reply_events(&w, &case).is_empty());
+    let e = error_txt(&w, "trop-tard");
+    assert!(
+        e.contains("au statut SI_INTG_ERROR ; il ne peut pas passer à DONE"),
+        "{e}"
+    );
+    assert!(e.contains("Sur le hub : rien n'a été modifié."), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_to_a_case_already_past_its_status_changes_nothing_and_says_what_it_found() {
+    let w = World::new().await;
+    let (case, ext) = received_case(&w, 12).await;
     w.hub.osl_post_event(
         &case,
         OslEvent {
@@ -601,13 +643,11 @@ async fn a_status_the_case_cannot_reach_is_a_clear_failure() {
     let (code, out, err) = w.run(&["once"]).await;
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(w.hub.case_status(&case).as_deref(), Some("CLOSED"));
-    assert!(reply_events(&w, &case).is_empty());
-    let e = error_txt(&w, "trop-tard");
-    assert!(
-        e.contains("au statut CLOSED ; il ne peut pas passer à DONE"),
-        "{e}"
-    );
-    assert!(e.contains("Sur le hub : rien n'a été modifié."), "{e}");
+    assert!(reply_events(&w, &case).is_empty(), "never moved back");
+    assert!(w.hub.status_patches(&case).iter().all(|p| p != "DONE"));
+    let result = read_json(&w.spool().join("outbox/sent/trop-tard/result.json"));
+    assert_eq!(result["status_step"]["outcome"], "found", "{result:#}");
+    assert_eq!(result["status_step"]["status"], "CLOSED", "{result:#}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,4 +741,261 @@ async fn a_reply_withdrawn_after_its_event_was_created_has_the_event_deleted() {
     assert!(activity_kinds(&w)
         .await
         .contains(&"outbox_failed".to_string()));
+}
+
+// ------------------------------------------------------------------ the real hub (issue 16)
+
+/// The index in the request log of the request that set the deposit SENT, and of the first
+/// one after which the case was DONE (its status change).
+fn sent_before_done(w: &World, case: &str, deposit: &str) -> (usize, usize) {
+    let reqs = w.hub.requests();
+    let sent = reqs
+        .iter()
+        .position(|r| {
+            r.route == Some(Route::PatchEvent)
+                && r.path.ends_with(deposit)
+                && r.body.as_ref().is_some_and(|b| b["status"] == "SENT")
+                && r.status == Some(204)
+        })
+        .expect("the deposit was set SENT");
+    let done = reqs
+        .iter()
+        .position(|r| {
+            r.path.contains(case)
+                && r.status.is_some_and(|s| s < 300)
+                && r.body.as_ref().is_some_and(|b| {
+                    b["status"] == "DONE" && r.route == Some(Route::PatchCase)
+                        || b["caseNewStatus"] == "DONE" && b["actionType"] == "STATUS_UPDATE"
+                })
+        })
+        .expect("the case was moved to DONE");
+    (sent, done)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_with_a_file_never_leaves_the_case_done_without_its_document_on_both_kinds_of_hub()
+{
+    for (hub, b) in hubs() {
+        let w = World::new().await;
+        w.hub.set_behaviour(b.clone());
+        let (case, ext) = received_case(&w, 1).await;
+        let acte = pdf(20_000, 3);
+        write_reply(
+            &w,
+            "acte",
+            &json!({"external_id": ext, "status": "DONE", "message": "Votre acte est disponible",
+                    "attachments": [{"file": "acte.pdf", "type": "DD_Certificatdedeces", "mime_type": "application/pdf"}]}),
+            &[("acte.pdf", acte.clone())],
+        );
+        let (code, out, err) = w.run(&["once"]).await;
+        assert_eq!(code, 0, "{hub}: {out}{err}");
+        assert_eq!(outbox(&w, "sent"), vec!["acte"], "{hub}");
+        assert_eq!(w.hub.case_status(&case).as_deref(), Some("DONE"), "{hub}");
+        let events = reply_events(&w, &case);
+        assert_eq!(events.len(), 2, "{hub}: {events:#?}");
+        // The deposit changes no status; the status follows as its own event.
+        let deposit = &events[0];
+        assert_eq!(deposit["actionType"], "ATTACH_DEPOSIT", "{hub}");
+        assert_eq!(deposit["status"], "SENT", "{hub}");
+        assert_eq!(deposit["caseCurrentStatus"], "IN_PROGRESS", "{hub}");
+        assert_eq!(deposit["caseNewStatus"], "IN_PROGRESS", "{hub}");
+        assert_eq!(deposit["message"], "Votre acte est disponible", "{hub}");
+        let status = &events[1];
+        assert_eq!(status["actionType"], "STATUS_UPDATE", "{hub}");
+        assert_eq!(status["caseCurrentStatus"], "IN_PROGRESS", "{hub}");
+        assert_eq!(status["caseNewStatus"], "DONE", "{hub}");
+        let deposit_id = deposit["id"].as_str().unwrap();
+        let (sent, done) = sent_before_done(&w, &case, deposit_id);
+        assert!(sent < done, "{hub}: the case reached DONE (request {done}) before its document was SENT (request {sent})");
+        let att = deposit["attachments"][0]["id"].as_str().unwrap();
+        let (bytes, _) = w.hub.uploaded(&case, deposit_id, att).unwrap();
+        assert_eq!(bytes.unwrap(), acte, "{hub}");
+        let result = read_json(&w.spool().join("outbox/sent/acte/result.json"));
+        assert_eq!(result["event_id"], deposit_id, "{hub}");
+        assert_eq!(result["status_event_id"], status["id"], "{hub}");
+        assert_eq!(result["status_step"]["outcome"], "set", "{hub}");
+        common::assert_traffic_follows_the_schema(&w.hub, hub);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_the_demarche_refuses_keeps_the_document_delivered_and_says_so() {
+    for (hub, b) in hubs() {
+        let w = World::new().await;
+        w.hub.set_behaviour(b.clone());
+        w.hub.update_behaviour(|b| {
+            b.forbidden_statuses
+                .insert("CERTDC".into(), vec!["REFUSED".into()]);
+        });
+        let (case, ext) = received_case(&w, 1).await;
+        write_reply(
+            &w,
+            "refus",
+            &json!({"external_id": ext, "status": "REFUSED",
+                    "attachments": [{"file": "motif.pdf", "type": "DD_Certificatdedeces", "mime_type": "application/pdf"}]}),
+            &[("motif.pdf", pdf(5_000, 4))],
+        );
+        let (code, out, err) = w.run(&["once"]).await;
+        assert_eq!(code, 0, "{hub}: {out}{err}");
+        // The document is delivered and stays so; the status step says what it met.
+        assert_eq!(outbox(&w, "sent"), vec!["refus"], "{hub}: {out}{err}");
+        let events = reply_events(&w, &case);
+        let deposit = events
+            .iter()
+            .find(|e| e["actionType"] == "ATTACH_DEPOSIT")
+            .expect("the deposit is still on the hub");
+        assert_eq!(deposit["status"], "SENT", "{hub}");
+        assert_eq!(
+            w.hub.case_status(&case).as_deref(),
+            Some("IN_PROGRESS"),
+            "{hub}"
+        );
+        let result = read_json(&w.spool().join("outbox/sent/refus/result.json"));
+        let outcome = result["status_step"]["outcome"].as_str().unwrap_or("");
+        assert!(
+            matches!(outcome, "event_refused" | "refused"),
+            "{hub}: {result:#}"
+        );
+        assert_eq!(w.hub.request_count(Route::DeleteEvent), 0, "{hub}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_whose_status_an_agent_already_set_still_delivers_its_document() {
+    for (hub, b) in hubs() {
+        let w = World::new().await;
+        w.hub.set_behaviour(b.clone());
+        let (case, ext) = received_case(&w, 1).await;
+        // In the portal, a colleague already decided: DONE.
+        w.hub
+            .agent_act(&case, fake_hubee::AgentAction::AttachDl)
+            .unwrap();
+        w.hub
+            .agent_act(&case, fake_hubee::AgentAction::SetStatus("DONE".into()))
+            .unwrap();
+        write_reply(
+            &w,
+            "refus",
+            &json!({"external_id": ext, "status": "REFUSED",
+                    "attachments": [{"file": "acte.pdf", "type": "DD_Certificatdedeces", "mime_type": "application/pdf"}]}),
+            &[("acte.pdf", pdf(5_000, 5))],
+        );
+        let (code, out, err) = w.run(&["once"]).await;
+        assert_eq!(code, 0, "{hub}: {out}{err}");
+        assert_eq!(outbox(&w, "sent"), vec!["refus"], "{hub}");
+        // The agent's decision stands: no status event, no PATCH backwards.
+        assert_eq!(w.hub.case_status(&case).as_deref(), Some("DONE"), "{hub}");
+        let events = reply_events(&w, &case);
+        assert_eq!(events.len(), 1, "{hub}: {events:#?}");
+        assert_eq!(events[0]["actionType"], "ATTACH_DEPOSIT");
+        assert_eq!(events[0]["status"], "SENT");
+        assert_eq!(events[0]["caseCurrentStatus"], "DONE");
+        assert_eq!(events[0]["caseNewStatus"], "DONE");
+        let result = read_json(&w.spool().join("outbox/sent/refus/result.json"));
+        assert_eq!(
+            result["status_step"]["outcome"], "found",
+            "{hub}: {result:#}"
+        );
+        assert_eq!(result["status_step"]["status"], "DONE", "{hub}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_reply_whose_status_an_agent_already_set_still_sends_its_message() {
+    let w = World::new().await;
+    let (case, ext) = received_case(&w, 1).await;
+    w.hub
+        .agent_act(&case, fake_hubee::AgentAction::AttachDl)
+        .unwrap();
+    w.hub
+        .agent_act(&case, fake_hubee::AgentAction::SetStatus("DONE".into()))
+        .unwrap();
+    write_reply(
+        &w,
+        "fin",
+        &json!({"external_id": ext, "status": "DONE", "message": "Votre acte est envoyé par courrier"}),
+        &[],
+    );
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(outbox(&w, "sent"), vec!["fin"]);
+    let events = reply_events(&w, &case);
+    assert_eq!(events.len(), 1, "{events:#?}");
+    assert_eq!(events[0]["actionType"], "SENDING_MESSAGE");
+    assert_eq!(events[0]["message"], "Votre acte est envoyé par courrier");
+    let result = read_json(&w.spool().join("outbox/sent/fin/result.json"));
+    assert_eq!(result["status_step"]["outcome"], "found", "{result:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_refused_by_the_event_cap_goes_to_failed_saying_what_to_do() {
+    for (hub, b) in hubs() {
+        let w = World::new().await;
+        w.hub.set_behaviour(b.clone());
+        let (case, ext) = received_case(&w, 1).await;
+        let used = w.hub.events(&case).len();
+        w.hub
+            .update_behaviour(|b| b.max_events_per_case = Some(used));
+        write_reply(
+            &w,
+            "acte",
+            &json!({"external_id": ext, "status": "DONE",
+                    "attachments": [{"file": "acte.pdf", "type": "DD_Certificatdedeces", "mime_type": "application/pdf"}]}),
+            &[("acte.pdf", pdf(5_000, 6))],
+        );
+        let (code, out, err) = w.run(&["once"]).await;
+        assert_eq!(
+            outbox(&w, "failed"),
+            vec!["acte"],
+            "{hub}: {code} {out}{err}"
+        );
+        let text = error_txt(&w, "acte");
+        assert!(text.contains("limite d'événements"), "{hub}: {text}");
+        assert!(text.contains("limit of events"), "{hub}: {text}");
+        assert!(text.contains("support"), "{hub}: {text}");
+        assert!(text.contains("portail"), "{hub}: {text}");
+        assert_eq!(
+            w.hub.case_status(&case).as_deref(),
+            Some("IN_PROGRESS"),
+            "{hub}"
+        );
+        // Final: never posted again.
+        let posts = w.hub.request_count(Route::PostEvent);
+        let _ = w.run(&["once"]).await;
+        assert_eq!(w.hub.request_count(Route::PostEvent), posts, "{hub}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deposit_pieces_returned_without_type_are_matched_by_name_and_size() {
+    let w = World::new().await;
+    w.hub.update_behaviour(|b| b.si_attachment_type_null = true);
+    let (case, ext) = received_case(&w, 1).await;
+    let a = pdf(4_000, 7);
+    let b = pdf(6_000, 8);
+    write_reply(
+        &w,
+        "deux",
+        &json!({"external_id": ext, "status": "DONE",
+                "attachments": [{"file": "a.pdf", "type": "DD_Certificatdedeces", "mime_type": "application/pdf"},
+                                {"file": "b.pdf", "type": "VA_CertificatdeDeces", "mime_type": "application/pdf"}]}),
+        &[("a.pdf", a.clone()), ("b.pdf", b.clone())],
+    );
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(outbox(&w, "sent"), vec!["deux"]);
+    let deposit = reply_events(&w, &case)
+        .into_iter()
+        .find(|e| e["actionType"] == "ATTACH_DEPOSIT")
+        .unwrap();
+    let eid = deposit["id"].as_str().unwrap();
+    for att in deposit["attachments"].as_array().unwrap() {
+        assert_eq!(att["type"], Value::Null);
+        let (bytes, _) = w
+            .hub
+            .uploaded(&case, eid, att["id"].as_str().unwrap())
+            .unwrap();
+        let want = if att["fileName"] == "a.pdf" { &a } else { &b };
+        assert_eq!(bytes.as_ref(), Some(want), "{}", att["fileName"]);
+    }
 }

@@ -110,6 +110,11 @@ async fn sigkill_at_random_instants_and_crash_points_under_run_never_loses_or_du
     let mut points = PointPicker::new(POINTS);
     let mut tmp_leftovers = 0;
     for life in 0..lives {
+        // Both kinds of hub (PROTOCOL §10.1), eight lives each in turn: where an event moves
+        // the status, and where only PATCH does; work begun on one is finished on the other.
+        c.world
+            .hub
+            .set_behaviour(common::hubs()[life / 8 % 2].1.clone());
         let crash_point = (life % 4 == 3).then(|| {
             // Fresh work before each crash-point life, so that every point is passed.
             wave(&mut c, &mut rng, 2, 1, 0);

@@ -113,14 +113,6 @@ impl Reply {
                 .collect::<String>()
         )
     }
-
-    fn action_type(&self) -> &'static str {
-        match (self.files.is_empty(), self.status) {
-            (false, _) => "ATTACH_DEPOSIT",
-            (true, Some(_)) => "STATUS_UPDATE",
-            (true, None) => "SENDING_MESSAGE",
-        }
-    }
 }
 
 struct Outbox {
@@ -134,6 +126,9 @@ struct Outbox {
     reused: usize,
     /// Files stored a second time (same bytes) because the answer to the first PUT was lost.
     resent: std::cell::Cell<usize>,
+    /// Status events left stale by a portal agent's move in the round trip between our read
+    /// and our POST, on a hub that accepts any event.
+    raced: std::cell::Cell<usize>,
 }
 
 impl Outbox {
@@ -362,21 +357,91 @@ impl Outbox {
                     );
                     continue;
                 }
-                assert_eq!(
-                    on_hub.len(),
-                    1,
-                    "{id}: exactly one event on the hub: {on_hub:#?}"
+                let s = sent.get(&r.sha).cloned().unwrap_or_default();
+                assert_eq!(s.len(), 1, "{id}: in sent/ exactly once: {s:?}");
+                let result: Value = serde_json::from_slice(
+                    &std::fs::read(s[0].join("result.json")).expect("result.json"),
+                )
+                .expect("result.json is JSON");
+                let outcome = result["status_step"]["outcome"].as_str().unwrap_or("");
+                let of = |t: &str| -> Vec<&Value> {
+                    on_hub.iter().filter(|e| e["actionType"] == t).collect()
+                };
+                let (deposits, statuses, messages) = (
+                    of("ATTACH_DEPOSIT"),
+                    of("STATUS_UPDATE"),
+                    of("SENDING_MESSAGE"),
                 );
-                let ev = &on_hub[0];
+                // Exactly once: one deposit per reply with files; one status event unless the
+                // case already was there (found); one message event for a message alone, or
+                // for a message whose status someone else had set.
+                let ev = if !r.files.is_empty() {
+                    assert_eq!(deposits.len(), 1, "{id}: one deposit: {on_hub:#?}");
+                    assert!(messages.is_empty(), "{id}: {on_hub:#?}");
+                    let d = deposits[0];
+                    assert_eq!(
+                        d["caseCurrentStatus"], d["caseNewStatus"],
+                        "{id}: a deposit changes no status"
+                    );
+                    match r.status {
+                        Some(_) if outcome == "found" => {
+                            assert!(statuses.is_empty(), "{id}: found, yet {statuses:#?}")
+                        }
+                        Some(st) => {
+                            assert_eq!(statuses.len(), 1, "{id}: one status event: {on_hub:#?}");
+                            assert_eq!(statuses[0]["caseNewStatus"], st, "{id}");
+                            // The documents went first: the deposit was SENT before anything of
+                            // ours moved the case to the reply's status.
+                            let deposit_id = d["id"].as_str().unwrap_or_default();
+                            let sent_at = requests.iter().position(|q| {
+                                q.route == Some(Route::PatchEvent)
+                                    && q.path.ends_with(deposit_id)
+                                    && effective(q)
+                            });
+                            let moved_at = requests.iter().position(|q| {
+                                q.path.contains(&r.case_id)
+                                    && effective(q)
+                                    && q.body.as_ref().is_some_and(|b| {
+                                        (q.route == Some(Route::PatchCase) && b["status"] == st)
+                                            || (q.route == Some(Route::PostEvent)
+                                                && b["caseNewStatus"] == st
+                                                && b["comment"]
+                                                    .as_str()
+                                                    .is_some_and(|c| c.starts_with(&r.marker())))
+                                    })
+                            });
+                            assert!(
+                                sent_at.is_some() && moved_at.is_some() && sent_at < moved_at,
+                                "{id}: the case reached {st} (request {moved_at:?}) before its document was SENT (request {sent_at:?})"
+                            );
+                        }
+                        None => assert!(statuses.is_empty(), "{id}: {statuses:#?}"),
+                    }
+                    d
+                } else {
+                    assert_eq!(on_hub.len(), 1, "{id}: exactly one event: {on_hub:#?}");
+                    let e = &on_hub[0];
+                    match (r.status, outcome) {
+                        (Some(_), "found") => {
+                            assert_eq!(e["actionType"], "SENDING_MESSAGE", "{id}");
+                        }
+                        (Some(st), _) => {
+                            assert_eq!(e["actionType"], "STATUS_UPDATE", "{id}");
+                            assert_eq!(e["caseNewStatus"], st, "{id}");
+                        }
+                        (None, _) => assert_eq!(e["actionType"], "SENDING_MESSAGE", "{id}"),
+                    }
+                    e
+                };
                 let ev_id = ev["id"].as_str().unwrap_or_default();
-                assert_eq!(ev["actionType"], r.action_type(), "{id}");
                 assert_eq!(ev["status"], "SENT", "{id}: the OSL was told");
                 if let Some(m) = &r.message {
                     assert_eq!(ev["message"], m.as_str(), "{id}");
                 }
-                if let Some(s) = r.status {
-                    assert_eq!(ev["caseNewStatus"], s, "{id}");
-                }
+                assert_eq!(
+                    result["event_id"], ev_id,
+                    "{id}: result.json names its event"
+                );
                 let atts = ev["attachments"].as_array().cloned().unwrap_or_default();
                 assert_eq!(atts.len(), r.files.len(), "{id}: each file declared once");
                 for (name, data) in &r.files {
@@ -423,16 +488,6 @@ impl Outbox {
                     );
                     self.resent.set(self.resent.get() + effective - 1);
                 }
-                let s = sent.get(&r.sha).cloned().unwrap_or_default();
-                assert_eq!(s.len(), 1, "{id}: in sent/ exactly once: {s:?}");
-                let result: Value = serde_json::from_slice(
-                    &std::fs::read(s[0].join("result.json")).expect("result.json"),
-                )
-                .expect("result.json is JSON");
-                assert_eq!(
-                    result["event_id"], ev_id,
-                    "{id}: result.json names its event"
-                );
                 assert!(!failed.contains_key(&r.sha), "{id}: not also in failed/");
             }
             let want_sent = mine.iter().filter(|r| !r.broken).count();
@@ -453,23 +508,52 @@ impl Outbox {
             failed_total += n_failed;
         }
         assert_eq!(sent_total + failed_total, self.replies.len(), "{what}");
-        // Every SI event on a case is a receipt or a reply's: no stray event.
+        let mut raced_here = 0;
+        // Every reply event on a case is one of that case's replies': no stray event.
+        let touched: std::collections::BTreeSet<String> = hub
+            .agent_log()
+            .iter()
+            .filter(|a| a["ok"] == true)
+            .filter_map(|a| a["caseId"].as_str().map(str::to_string))
+            .collect();
         for (id, c) in &self.c.cases {
-            let ours = self
+            let markers: Vec<String> = self
                 .replies
                 .iter()
                 .filter(|r| &r.case_id == id && !r.broken)
-                .count();
-            let si_events = hub
-                .events(id)
-                .into_iter()
-                .filter(|e| {
-                    e["comment"]
-                        .as_str()
-                        .is_some_and(|c| c.starts_with("hubee-sync:reply:"))
-                })
-                .count();
-            assert_eq!(si_events, ours, "{what}: case {id}: one event per reply");
+                .map(Reply::marker)
+                .collect();
+            for e in hub.events(id) {
+                let Some(first) = e["comment"].as_str().and_then(|c| c.lines().next()) else {
+                    continue;
+                };
+                if first.starts_with("hubee-sync:reply:") {
+                    assert!(
+                        markers.iter().any(|m| m == first.trim()),
+                        "{what}: case {id}: an event of no reply: {e}"
+                    );
+                }
+            }
+            // Never moved back by us; never a status event that lies.
+            for h in hub.status_history(id) {
+                let by = h["by"].as_str().unwrap_or("");
+                if by == "patch" || by.starts_with("event:") {
+                    assert!(
+                        rank(h["to"].as_str().unwrap_or(""))
+                            > rank(h["from"].as_str().unwrap_or("")),
+                        "{what}: case {id}: moved back by hubee-sync: {h}"
+                    );
+                }
+            }
+            let (wrong, raced) = common::untruthful_status_events(hub, id);
+            assert!(
+                wrong.is_empty(),
+                "{what}: case {id}: untruthful status events: {wrong:#?}"
+            );
+            raced_here += raced.len();
+            if touched.contains(id) {
+                continue;
+            }
             let want = self
                 .decided
                 .get(id)
@@ -481,6 +565,29 @@ impl Outbox {
                 "{what}: case {id} at the status its reply asked"
             );
         }
+        self.raced.set(raced_here);
+    }
+}
+
+/// A request that took effect on the hub: answered 2xx, or done and then cut
+/// (ResetAfterEffect).
+fn effective(q: &fake_hubee::RequestRecord) -> bool {
+    q.status.is_some_and(|s| (200..300).contains(&s)) || q.fault == Some(Fault::ResetAfterEffect)
+}
+
+/// The portal's forward order (PROTOCOL §10.19), for "never moved back".
+fn rank(status: &str) -> u8 {
+    match status {
+        "HUBEE_NOTIFIED" => 1,
+        "SENT" => 2,
+        "SI_RECEIVED" => 3,
+        "IN_PROGRESS" => 4,
+        "ADD_AWAITING" => 5,
+        "REFUSED" => 6,
+        "DONE" => 7,
+        "SI_INTG_ERROR" => 5,
+        "CLOSED" => 8,
+        _ => 0,
     }
 }
 
@@ -527,17 +634,27 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
         next: 0,
         reused: 0,
         resent: std::cell::Cell::new(0),
+        raced: std::cell::Cell::new(0),
     };
     for _ in 0..10 {
         o.add();
     }
     o.c.world.hub.inject_random(None, RATE, kinds(), seed);
+    // A portal agent works the same cases all along the kill phase (PROTOCOL §10.18): it
+    // opens them, moves them forward (SI_RECEIVED, IN_PROGRESS, REFUSED, DONE), posts
+    // messages and records downloads.
+    let agent = o.c.world.hub.start_agent(seed, Duration::from_millis(250));
 
     let config = o.c.world.config_path();
     let (mut random_kills, mut point_kills, mut point_missed) = (0, 0, 0);
     let mut points = PointPicker::new(POINTS);
     let mut missed: Vec<&str> = Vec::new();
     for life in 0..lives {
+        // Both kinds of hub (PROTOCOL §10.1), eight lives each in turn: where an event moves
+        // the status, and where only PATCH does; a reply begun on one is finished on the other.
+        o.c.world
+            .hub
+            .set_behaviour(common::hubs()[life / 8 % 2].1.clone());
         let crash_point = (life % 4 == 3).then(|| {
             // Fresh replies with files before each crash-point life, so every point is passed.
             o.add_as(true);
@@ -631,7 +748,15 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
     }
     let requests_under_kills = o.c.world.hub.requests().len() - before_replies;
 
-    // Faults off; clean runs until one has nothing left to retry.
+    // Faults and the agent off; clean runs until one has nothing left to retry.
+    drop(agent);
+    let agent_acts =
+        o.c.world
+            .hub
+            .agent_log()
+            .iter()
+            .filter(|a| a["ok"] == true)
+            .count();
     o.c.world.hub.clear_faults();
     let mut clean_runs = 0;
     loop {
@@ -674,7 +799,9 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
          moved to sent/ or failed/ during the kill phase ({:.1} s), the rest by {clean_runs} \
          clean `once`; lost 0, sent twice 0; every file stored with its bytes, {resent} of them \
          PUT again after the answer to a PUT that took effect was lost, none after a 2xx; \
-         total {:.1} s",
+         a portal agent acted {agent_acts} times on the same cases; no case at a reply's status \
+         before its documents, no case moved back, no untruthful status event ({} left stale \
+         by an agent's move within the POST's round trip on the accepting hub); total {:.1} s",
         o.replies.len(),
         bytes as f64 / 1e6,
         o.decided.len(),
@@ -683,6 +810,7 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
         100.0 * faulted.len() as f64 / requests_under_kills.max(1) as f64,
         o.replies.len(),
         kill_phase.as_secs_f64(),
+        o.raced.get(),
         started.elapsed().as_secs_f64(),
     );
     assert!(random_kills >= 40, "at least 40 random kills per run");

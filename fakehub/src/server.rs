@@ -623,7 +623,10 @@ async fn handle(
         inner.state().set_record_body(idx, v);
     }
     let mut delivery = Delivery::default();
-    let download = matches!(route, Some(Route::GetAttachment | Route::GetEventAttachment));
+    let download = matches!(
+        route,
+        Some(Route::GetAttachment | Route::GetEventAttachment)
+    );
     if download && resp.status == 200 && inner.state().behaviour.chunked_downloads {
         delivery.chunked = true;
     }
@@ -728,7 +731,10 @@ async fn admin(inner: &Arc<Inner>, ctx: &Ctx, sub: &str, body: Incoming) -> Res<
             let b: crate::HubBehaviour = serde_json::from_value(current)
                 .map_err(|e| ApiErr::bad(&format!("admin: bad behaviour: {e}")))?;
             hub.set_behaviour(b);
-            return Ok(Resp::json(200, &serde_json::to_value(hub.behaviour()).unwrap_or(Value::Null)));
+            return Ok(Resp::json(
+                200,
+                &serde_json::to_value(hub.behaviour()).unwrap_or(Value::Null),
+            ));
         }
         // {"caseId":"…","action":{"SetStatus":"DONE"}}
         "agent/act" => {

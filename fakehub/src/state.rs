@@ -4,7 +4,9 @@
 
 use crate::content::{hex, Content};
 use crate::util::{envelope, now_rfc3339, uuid_v4, TimeStyle};
-use crate::{AgentAction, AttachmentSpec, CaseSpec, Fault, HubBehaviour, OslEvent, RequestRecord, Route};
+use crate::{
+    AgentAction, AttachmentSpec, CaseSpec, Fault, HubBehaviour, OslEvent, RequestRecord, Route,
+};
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, VecDeque};
@@ -1280,8 +1282,10 @@ impl State {
                 )));
             }
         }
-        Ok((self.behaviour.events_move_status && allowed && forbidden.is_none())
-            .then(|| to.to_string()))
+        Ok(
+            (self.behaviour.events_move_status && allowed && forbidden.is_none())
+                .then(|| to.to_string()),
+        )
     }
 
     // ---------------------------------------------------------------- the portal agent (§10.18)
@@ -1365,7 +1369,9 @@ impl State {
                     && !downloaded
                     && matches!(to.as_str(), "IN_PROGRESS" | "REFUSED" | "DONE")
                 {
-                    return Err(format!("the portal withholds {to} until a piece is downloaded"));
+                    return Err(format!(
+                        "the portal withholds {to} until a piece is downloaded"
+                    ));
                 }
                 (
                     "STATUS_UPDATE",

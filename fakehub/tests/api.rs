@@ -933,7 +933,10 @@ async fn a_strict_hub_refuses_an_event_whose_current_status_is_stale_or_whose_mo
         .unwrap()
         .contains("is not the case's status HUBEE_NOTIFIED"));
     let (s, _) = post_status(&si, &case, "HUBEE_NOTIFIED", "IN_PROGRESS").await;
-    assert_eq!(s, 400, "HUBEE_NOTIFIED → IN_PROGRESS is not in the [CI] column");
+    assert_eq!(
+        s, 400,
+        "HUBEE_NOTIFIED → IN_PROGRESS is not in the [CI] column"
+    );
     assert!(si.hub.events(&case).is_empty());
     assert_eq!(si.hub.case_status(&case).as_deref(), Some("HUBEE_NOTIFIED"));
     // Without a status change, an event is always accepted.
@@ -965,7 +968,12 @@ async fn past_the_event_cap_every_event_is_refused_for_good() {
     let case = si.add_case();
     let msg = json!({"actionType":"SENDING_MESSAGE","notification":true,"message":"m"});
     for _ in 0..2 {
-        assert_eq!(si.post(&format!("/cases/{case}/events"), msg.clone()).await.0, 201);
+        assert_eq!(
+            si.post(&format!("/cases/{case}/events"), msg.clone())
+                .await
+                .0,
+            201
+        );
     }
     for _ in 0..2 {
         let (s, v) = si.post(&format!("/cases/{case}/events"), msg.clone()).await;
@@ -999,14 +1007,18 @@ async fn a_demarche_that_forbids_a_status_refuses_it_by_patch_and_by_event() {
         v["errors"][0]["message"],
         "Bad Request : this flow does not allow the status REFUSED"
     );
-    assert_eq!(post_status(&si, &case, "SI_RECEIVED", "REFUSED").await.0, 400);
+    assert_eq!(
+        post_status(&si, &case, "SI_RECEIVED", "REFUSED").await.0,
+        400
+    );
     assert_eq!(si.hub.case_status(&case).as_deref(), Some("SI_RECEIVED"));
 }
 
 #[tokio::test]
 async fn si_pieces_come_back_without_type_when_the_behaviour_says_so() {
     let si = Si::start().await;
-    si.hub.update_behaviour(|b| b.si_attachment_type_null = true);
+    si.hub
+        .update_behaviour(|b| b.si_attachment_type_null = true);
     let case = si.add_case();
     let (s, ev) = si
         .post(&format!("/cases/{case}/events"), Si::deposit_body(10))
@@ -1070,7 +1082,12 @@ async fn the_portal_agent_moves_cases_forward_only_and_as_the_portal_offers() {
         .collect();
     assert_eq!(
         types,
-        ["ATTACH_DL", "STATUS_UPDATE", "STATUS_UPDATE", "STATUS_UPDATE"]
+        [
+            "ATTACH_DL",
+            "STATUS_UPDATE",
+            "STATUS_UPDATE",
+            "STATUS_UPDATE"
+        ]
     );
     // Its events are not ours: the SI gets no notification for them.
     assert_eq!(si.hub.notifications(CLIENT).len(), 1);

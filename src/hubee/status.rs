@@ -181,7 +181,10 @@ pub fn at_or_past(current: CaseStatus, target: CaseStatus) -> bool {
     }
     match (current, target) {
         (_, SiIntgError) => matches!(current, Refused | Done | Closed | Archived),
-        (SiIntgError, t) => matches!(t, HubeeReceived | HubeeCompleted | HubeeNotified | Sent | SiReceived | InProgress),
+        (SiIntgError, t) => matches!(
+            t,
+            HubeeReceived | HubeeCompleted | HubeeNotified | Sent | SiReceived | InProgress
+        ),
         (c, t) => rank(c) >= rank(t),
     }
 }

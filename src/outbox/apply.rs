@@ -738,8 +738,8 @@ pub async fn abandon(
         ),
     };
     // Only a deposit not yet SENT is withdrawn: once SENT, the documents are delivered.
-    let deposit_open = row.action_type.as_deref() == Some("ATTACH_DEPOSIT")
-        && row.stage < ReplyStage::DepositSent;
+    let deposit_open =
+        row.action_type.as_deref() == Some("ATTACH_DEPOSIT") && row.stage < ReplyStage::DepositSent;
     match (&row.event_id, deposit_open) {
         (Some(event_id), true) => match ctx.session.delete_event(&row.case_id, event_id).await {
             Ok(()) => {

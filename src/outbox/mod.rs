@@ -710,7 +710,11 @@ async fn reconcile(ctx: &SubscriptionCtx, present: &HashSet<ReplyKey>) -> Result
         }
         if row.stage == ReplyStage::HubDone || delivered(&row) {
             if row.stage < ReplyStage::HubDone {
-                give_up_status(&mut row, &ms_to_rfc3339(now_ms()), "the reply's folder left outbox/new/ before its status step");
+                give_up_status(
+                    &mut row,
+                    &ms_to_rfc3339(now_ms()),
+                    "the reply's folder left outbox/new/ before its status step",
+                );
             }
             row.stage = ReplyStage::Finished;
             row.outcome = Some("sent".into());

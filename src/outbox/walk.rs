@@ -7,9 +7,9 @@
 //! (the démarche's mandatory intermediate status, e.g. `IN_PROGRESS` for CERTDC) when it has
 //! not reached it yet.
 
-use crate::hubee::status::{strict_path as shortest, CaseStatus};
 #[cfg(test)]
 use crate::hubee::status::strict_predecessors;
+use crate::hubee::status::{strict_path as shortest, CaseStatus};
 
 /// The statuses a reply may ask for (CONTRACT "Outbox").
 pub const REPLY_STATUSES: [CaseStatus; 5] = [

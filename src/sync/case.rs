@@ -260,10 +260,9 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
         .get_case(&key.case_id)
         .await
         .map_err(|e| ItemError::hub(e, "reading the case before the receipt"))?;
-    if let Some(ev) = find_marked_event(&case, &marker) {
-        ctx.state.record_receipt_done(key, ev.as_deref()).await?;
-        return Ok(());
-    }
+    // Our event already there (posted by an earlier attempt): the change finishes what is
+    // missing after it (a PATCH on a hub where only PATCH moves a case).
+    let posted = find_marked_event(&case, &marker).is_some();
     let current_s = case.status.clone().unwrap_or_default();
     let current: CaseStatus = current_s.parse().map_err(|_| {
         ItemError::Refused(format!(
@@ -275,7 +274,7 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
     // status, someone else moved the case on. Once the walk began, a case found exactly at
     // the receipt status without our event still gets it (with no status change): the OSL
     // is owed a receipt, and the event says only what is true.
-    if row.stage < Stage::ReceiptStarted {
+    if row.stage < Stage::ReceiptStarted && !posted {
         let reopened_at_target = key.round > 0 && current == target;
         if receipt_plan(current, target) == ReceiptPlan::LeaveAsIs && !reopened_at_target {
             tracing::info!(subscription = %ctx.name, case_id = %key.case_id, status = %current,
@@ -359,9 +358,9 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
         Err(ChangeError::Transient { doing, error } | ChangeError::Refused { doing, error }) => {
             Err(ItemError::hub(error, doing))
         }
-        Err(e @ (ChangeError::Impossible { .. } | ChangeError::UnknownStatus(_))) => {
-            Err(ItemError::Refused(format!("the receipt of case {}: {e}", key.case_id)))
-        }
+        Err(e @ (ChangeError::Impossible { .. } | ChangeError::UnknownStatus(_))) => Err(
+            ItemError::Refused(format!("the receipt of case {}: {e}", key.case_id)),
+        ),
     }
 }
 

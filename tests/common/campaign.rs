@@ -473,6 +473,7 @@ spool = "{d}/spool/{name}"
                 Some(sub.receipt_status),
                 "{what}: case {id} at its receipt status"
             );
+            super::assert_status_events_truthful(hub, id, what);
         }
         for (ev, e) in &self.events {
             let status = hub
@@ -503,6 +504,7 @@ spool = "{d}/spool/{name}"
             let q = super::daemon::dir_entries(&self.spool(i).join("quarantine"));
             assert!(q.is_empty(), "{what}: {}: quarantined: {q:?}", s.name);
         }
+        super::assert_traffic_follows_the_schema(hub, what);
     }
 }
 

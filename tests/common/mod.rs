@@ -78,6 +78,11 @@ pub struct World {
 impl World {
     pub async fn new() -> World {
         let hub = FakeHub::start().await;
+        // scripts/test.sh runs the receipt, event, outbox, crash and fault tests a second time
+        // against the hub of the documents, where only PATCH moves a case (PROTOCOL §10.1).
+        if std::env::var("HUBEE_TEST_HUB").as_deref() == Ok("patch-only") {
+            hub.set_behaviour(fake_hubee::HubBehaviour::patch_only());
+        }
         hub.add_client(CLIENT, SECRET, "CERTDC");
         let dir = tempfile::tempdir().expect("tempdir");
         let w = World { hub, dir };
@@ -434,4 +439,112 @@ impl World {
             })
             .collect()
     }
+}
+
+/// Checks every request the hub received against the official OpenAPI spec
+/// (`docs/hubee/api_folder_v1.2.7.yaml`) with `scripts/check-hub-traffic.py` (Python's
+/// jsonschema and PyYAML, which scripts/test.sh installs). Panics with the violations.
+pub fn assert_traffic_follows_the_schema(hub: &FakeHub, what: &str) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let traffic: Vec<serde_json::Value> = hub
+        .requests()
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "method": r.method,
+                "path": r.path,
+                "query": r.query,
+                "headers": r.headers,
+                "body": r.body,
+            })
+        })
+        .collect();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("traffic.json");
+    std::fs::write(&file, serde_json::to_vec(&traffic).expect("traffic json")).expect("write");
+    let out = std::process::Command::new("python3")
+        .arg(root.join("scripts/check-hub-traffic.py"))
+        .arg(root.join("docs/hubee/api_folder_v1.2.7.yaml"))
+        .arg(&file)
+        .output()
+        .expect("python3 runs scripts/check-hub-traffic.py");
+    assert!(
+        out.status.success(),
+        "{what}: requests that break the official schema:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !traffic.is_empty(),
+        "{what}: no traffic recorded, nothing was checked"
+    );
+}
+
+/// The two kinds of hub the evidence allows (PROTOCOL §10.1): fake-hubee's default (an
+/// event's `caseNewStatus` moves the case, events checked strictly, a same-status PATCH
+/// refused, downloads without `Content-Length`) and the hub of the documents (only PATCH moves
+/// a case, events accepted, a same-status PATCH a no-op).
+pub fn hubs() -> [(&'static str, fake_hubee::HubBehaviour); 2] {
+    [
+        (
+            "events move the status",
+            fake_hubee::HubBehaviour::default(),
+        ),
+        (
+            "only PATCH moves the status",
+            fake_hubee::HubBehaviour::patch_only(),
+        ),
+    ]
+}
+
+/// Our status events on a case that do not tell the truth: left from another status than
+/// the case's real one, or announcing a move the case never made (by the event itself, or
+/// by our PATCH after it). `agent_window`: on a hub that accepts any event, an agent's move
+/// in the round trip between our read and our POST makes the event stale; those are
+/// returned apart (the second list), told by the agent's move being the last change before
+/// the event.
+pub fn untruthful_status_events(
+    hub: &FakeHub,
+    case: &str,
+) -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
+    let history = hub.status_history(case);
+    let (mut wrong, mut raced) = (Vec::new(), Vec::new());
+    for (ev, actual) in hub.si_event_audit(case) {
+        let (Some(from), Some(to)) = (
+            ev["caseCurrentStatus"].as_str(),
+            ev["caseNewStatus"].as_str(),
+        ) else {
+            continue;
+        };
+        let made = from == to || history.iter().any(|h| h["from"] == from && h["to"] == to);
+        if from == actual && made {
+            continue;
+        }
+        // The last change to `actual` before the event was an agent's, from `from`.
+        let by_agent = history
+            .iter()
+            .any(|h| h["by"] == "agent" && h["from"] == from && h["to"] == actual.as_str());
+        if from != actual && by_agent {
+            raced.push(ev);
+        } else {
+            wrong.push(
+                serde_json::json!({"event": ev, "actual_at_post": actual, "history": history}),
+            );
+        }
+    }
+    (wrong, raced)
+}
+
+/// Every status event we posted on the case tells the truth (see
+/// [`untruthful_status_events`]); none raced with an agent either.
+pub fn assert_status_events_truthful(hub: &FakeHub, case: &str, what: &str) {
+    let (wrong, raced) = untruthful_status_events(hub, case);
+    assert!(
+        wrong.is_empty(),
+        "{what}: case {case}: untruthful status events: {wrong:#?}"
+    );
+    assert!(
+        raced.is_empty(),
+        "{what}: case {case}: stale status events: {raced:#?}"
+    );
 }
