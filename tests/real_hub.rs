@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    assert_status_events_truthful, assert_traffic_follows_the_schema, hubs, World, CLIENT,
+    assert_status_events_truthful, assert_traffic_follows_the_schema, hubs, traffic_violations,
+    World, CLIENT,
 };
 use fake_hubee::{AgentAction, Fault, HubBehaviour, Route};
 use serde_json::Value;
@@ -219,4 +220,60 @@ async fn a_quarantined_case_goes_to_si_intg_error_with_one_truthful_event_on_bot
         assert_eq!(ours.len(), 1, "{hub}: {ours:#?}");
         assert_status_events_truthful(&w.hub, &case, hub);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_schema_check_finds_a_request_that_breaks_the_official_spec() {
+    // A check that cannot fail proves nothing: requests as a careless client would send them.
+    let w = World::new().await;
+    let case = w.add_case(1, 1, 1_000);
+    let (code, _, _) = w.run(&["once"]).await;
+    assert_eq!(code, 0);
+    assert!(
+        traffic_violations(&w.hub).is_ok(),
+        "hubee-sync's own traffic passes"
+    );
+    let token: Value = reqwest::Client::new()
+        .post(w.hub.token_url())
+        .basic_auth(CLIENT, Some(common::SECRET))
+        .form(&[("grant_type", "client_credentials"), ("scope", "SI")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"].as_str().unwrap().to_string();
+    let http = reqwest::Client::new();
+    // caseCurrentStatus longer than its 15 characters, and a read-only field sent.
+    let _ = http
+        .post(format!(
+            "{}/teledossiers/v1/cases/{case}/events",
+            w.hub.api_url()
+        ))
+        .bearer_auth(&bearer)
+        .json(
+            &serde_json::json!({"actionType": "SENDING_MESSAGE", "notification": true,
+            "message": "m", "caseCurrentStatus": "A_STATUS_FAR_TOO_LONG", "status": "SENT"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    // A query parameter the spec does not know.
+    let _ = http
+        .get(format!(
+            "{}/teledossiers/v1/notifications?pageSize=10",
+            w.hub.api_url()
+        ))
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    let v = traffic_violations(&w.hub).expect_err("the careless requests are found");
+    assert!(v.contains("caseCurrentStatus"), "{v}");
+    assert!(v.contains("body status"), "{v}");
+    assert!(
+        v.contains("query parameter pageSize is not in the spec"),
+        "{v}"
+    );
 }
