@@ -787,6 +787,21 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
         .flat_map(|r| r.files.iter().map(|f| f.1.len()))
         .sum();
     let broken = o.replies.iter().filter(|r| r.broken).count();
+    // Replies whose status someone else (the agent) had already set: documents and messages
+    // still delivered, no status event.
+    let found = (0..SUBS.len())
+        .flat_map(|s| {
+            dir_entries(&o.dir(s, "sent"))
+                .into_iter()
+                .map(move |f| (s, f))
+        })
+        .filter(|(s, f)| {
+            std::fs::read(o.dir(*s, "sent").join(f).join("result.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+                .is_some_and(|r| r["status_step"]["outcome"] == "found")
+        })
+        .count();
     let with_files = o.replies.iter().filter(|r| !r.files.is_empty()).count();
     let points_hit = points.hits();
     println!(
@@ -799,7 +814,8 @@ async fn replies_under_sigkills_crash_points_and_hub_faults_are_sent_exactly_onc
          moved to sent/ or failed/ during the kill phase ({:.1} s), the rest by {clean_runs} \
          clean `once`; lost 0, sent twice 0; every file stored with its bytes, {resent} of them \
          PUT again after the answer to a PUT that took effect was lost, none after a 2xx; \
-         a portal agent acted {agent_acts} times on the same cases; no case at a reply's status \
+         a portal agent acted {agent_acts} times on the same cases ({found} replies found \
+         their status already set, and still delivered their documents and messages); no case at a reply's status \
          before its documents, no case moved back, no untruthful status event ({} left stale \
          by an agent's move within the POST's round trip on the accepting hub); total {:.1} s",
         o.replies.len(),

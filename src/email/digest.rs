@@ -693,6 +693,40 @@ mod tests {
     }
 
     #[test]
+    fn events_the_hub_refused_and_status_steps_found_done_are_told_in_french() {
+        let acts = [
+            activity(
+                1,
+                "certdc",
+                "hub_event_refused",
+                json!({"what": "receipt", "cap": true, "status": "IN_PROGRESS", "error": "HTTP 400"}),
+            ),
+            activity(
+                2,
+                "certdc",
+                "outbox_sent",
+                json!({"folder": "acte", "status": "REFUSED", "status_step": {"outcome": "found", "status": "DONE"}}),
+            ),
+            activity(
+                3,
+                "certdc",
+                "outbox_sent",
+                json!({"folder": "acte2", "status": "DONE", "status_step": {"outcome": "event_refused", "cap": true}}),
+            ),
+        ];
+        let d = build_with(&acts, &[]);
+        let text = to_text(&d.doc);
+        for needle in [
+            "EXT-1 : le dossier a atteint la limite d'événements de HubEE ; l'accusé de réception n'a pas pu être envoyé (le télédossier est bien livré)",
+            "EXT-2 : réponse envoyée ; le dossier était déjà au statut DONE",
+            "EXT-3 : réponse et pièces envoyées, mais le dossier a atteint la limite d'événements de HubEE",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from\n{text}");
+        }
+        assert!(d.subject.contains("2 points à traiter"), "{}", d.subject);
+    }
+
+    #[test]
     fn failing_subscriptions_need_a_person_even_without_activity() {
         let health = [SubscriptionHealth {
             subscription: "certdc".into(),
