@@ -277,3 +277,29 @@ async fn the_schema_check_finds_a_request_that_breaks_the_official_spec() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_case_an_agent_took_exactly_to_the_receipt_status_costs_no_event() {
+    // Every event counts against the hub's cap: none is posted that says nothing new.
+    for (hub, b) in hubs() {
+        let w = world(&b).await;
+        let case = w.add_case(1, 1, 1_000);
+        w.hub
+            .agent_before(Route::GetAttachment, Some(&case), AgentAction::AttachDl);
+        w.hub.agent_before(
+            Route::GetAttachment,
+            Some(&case),
+            AgentAction::SetStatus("IN_PROGRESS".into()),
+        );
+        let (code, out, err) = w.run(&["once"]).await;
+        assert_eq!(code, 0, "{hub}: {out}{err}");
+        assert_eq!(
+            w.hub.case_status(&case).as_deref(),
+            Some("IN_PROGRESS"),
+            "{hub}"
+        );
+        assert!(w.receipt_events(&case).is_empty(), "{hub}");
+        assert!(w.hub.status_patches(&case).is_empty(), "{hub}");
+        assert!(w.hub.notifications(CLIENT).is_empty(), "{hub}");
+    }
+}

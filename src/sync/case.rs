@@ -270,10 +270,9 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
         ))
     })?;
     // A reopened round whose case an earlier round already walked to the receipt status (two
-    // reopenings before the first was read) still owes the OSL its receipt; past the receipt
-    // status, someone else moved the case on. Once the walk began, a case found exactly at
-    // the receipt status without our event still gets it (with no status change): the OSL
-    // is owed a receipt, and the event says only what is true.
+    // reopenings before the first was read) still owes the OSL its receipt (an event with no
+    // status change); past the receipt status, or a first round someone else took there,
+    // needs no event: every event counts against the hub's cap (PROTOCOL §10.17).
     if row.stage < Stage::ReceiptStarted && !posted {
         let reopened_at_target = key.round > 0 && current == target;
         if receipt_plan(current, target) == ReceiptPlan::LeaveAsIs && !reopened_at_target {
@@ -310,7 +309,7 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
         marker: &marker,
         path: &path,
         event: &event,
-        owe_event_at_target: true,
+        owe_event_at_target: key.round > 0,
     };
     match change_status(&ctx.session, &change, Some(case)).await {
         Ok(Moved::Done { event_id, .. }) => {
