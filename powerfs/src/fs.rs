@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
-    FileAttr, FileType, Filesystem, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
-    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
+    FileAttr, FileType, Filesystem, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty,
+    ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow,
 };
 
 use crate::model::{State, ROOT};
@@ -663,8 +663,7 @@ impl Filesystem for PowerFs {
                 entries.push((id, attr(id, &m).kind, n));
             }
         }
-        for (i, (id, kind, name)) in entries.into_iter().enumerate().skip(offset.max(0) as usize)
-        {
+        for (i, (id, kind, name)) in entries.into_iter().enumerate().skip(offset.max(0) as usize) {
             if reply.add(id, (i + 1) as i64, kind, &name) {
                 break;
             }

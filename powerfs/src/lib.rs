@@ -76,7 +76,10 @@ pub fn mount(backing: &Path, mountpoint: &Path) -> io::Result<Mounted> {
     let state = model::State::open(backing).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("powerfs: cannot read the backing directory {}: {e}", backing.display()),
+            format!(
+                "powerfs: cannot read the backing directory {}: {e}",
+                backing.display()
+            ),
         )
     })?;
     let shared = Arc::new(Mutex::new(fs::Shared {
@@ -121,9 +124,9 @@ impl Mounted {
 
     fn detach(&mut self) {
         if let Some(session) = self.session.take() {
-            if let Ok(c) = std::ffi::CString::new(
-                std::os::unix::ffi::OsStrExt::as_bytes(self.mountpoint.as_os_str()),
-            ) {
+            if let Ok(c) = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(
+                self.mountpoint.as_os_str(),
+            )) {
                 // SAFETY: a valid NUL-terminated path.
                 unsafe {
                     libc::umount2(c.as_ptr(), libc::MNT_DETACH);

@@ -31,7 +31,9 @@ fn main() {
     let ctl = mounted.control();
     for stream in listener.incoming() {
         let Ok(stream) = stream else { continue };
-        let Ok(mut out) = stream.try_clone() else { continue };
+        let Ok(mut out) = stream.try_clone() else {
+            continue;
+        };
         for line in BufReader::new(stream).lines() {
             let Ok(line) = line else { break };
             let words: Vec<&str> = line.split_whitespace().collect();
@@ -54,7 +56,12 @@ fn main() {
                     }
                     Err(_) => "error SEED must be a number".to_string(),
                 },
-                ["stats"] => format!("ok syncs={} cut={} {:?}", ctl.syncs(), ctl.is_cut(), ctl.stats()),
+                ["stats"] => format!(
+                    "ok syncs={} cut={} {:?}",
+                    ctl.syncs(),
+                    ctl.is_cut(),
+                    ctl.stats()
+                ),
                 ["unmount"] => {
                     let _ = writeln!(out, "ok");
                     mounted.unmount();

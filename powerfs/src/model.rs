@@ -362,7 +362,9 @@ impl State {
     }
 
     fn durably_named(&self, node: u64) -> bool {
-        self.durable.values().any(|e| e.values().any(|&n| n == node))
+        self.durable
+            .values()
+            .any(|e| e.values().any(|&n| n == node))
             || self.pending.iter().any(|p| p.op.nodes().contains(&node))
     }
 
@@ -455,7 +457,11 @@ impl State {
                 self.drop_live_name(*t, to, to_name)?;
             }
         }
-        renameat2(&src, &dst, flags & (libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE))?;
+        renameat2(
+            &src,
+            &dst,
+            flags & (libc::RENAME_NOREPLACE | libc::RENAME_EXCHANGE),
+        )?;
         let from_link = (from, from_name.to_os_string());
         let to_link = (to, to_name.to_os_string());
         if let Some(n) = self.nodes.get_mut(&node) {

@@ -70,7 +70,10 @@ fn a_write_without_fsync_is_gone_after_a_cut() {
     f.write_all_at(b"DUR", 0).unwrap();
     f.write_all_at(b" and more, never synced", 7).unwrap();
     drop(f);
-    assert_eq!(fs::read(r.p("f")).unwrap(), b"DURable and more, never synced");
+    assert_eq!(
+        fs::read(r.p("f")).unwrap(),
+        b"DURable and more, never synced"
+    );
     let report = r.cut_and_remount();
     assert_eq!(fs::read(r.p("f")).unwrap(), b"durable");
     assert_eq!(report.files_rolled_back, 1);
@@ -194,7 +197,10 @@ fn a_cut_at_the_kth_sync_keeps_the_syncs_before_it_only() {
     f.write_all(b"2").unwrap();
     assert!(f.sync_all().is_err(), "sync 3 is where the power goes");
     assert!(r.ctl().is_cut());
-    assert!(fs::read(r.p("a")).is_err(), "every call fails after the cut");
+    assert!(
+        fs::read(r.p("a")).is_err(),
+        "every call fails after the cut"
+    );
     drop(f);
     let m = r.m.take().unwrap();
     m.unmount();
