@@ -24,7 +24,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -68,6 +68,9 @@ struct Figures {
     checking: Duration,
 }
 
+/// An entry verified: the sizes of its files, its key, its sequence number.
+type Verified = (Vec<(PathBuf, u64)>, EntryKey, u64);
+
 struct Rig {
     c: Campaign,
     backing: PathBuf,
@@ -77,9 +80,9 @@ struct Rig {
     database: bool,
     mutate: Option<&'static str>,
     /// Entries verified: path → (sizes of its files, key, sequence).
-    verified: HashMap<PathBuf, (Vec<(PathBuf, u64)>, EntryKey, u64)>,
+    verified: HashMap<PathBuf, Verified>,
     /// Database deliveries verified, by delivery_id.
-    verified_rows: HashMap<i64, (usize, EntryKey)>,
+    verified_rows: HashSet<i64>,
     /// Replies dropped: (sub, case, marker).
     replies: Vec<(usize, String, String)>,
     next_k: u64,
@@ -111,7 +114,7 @@ impl Rig {
             database,
             mutate: None,
             verified: HashMap::new(),
-            verified_rows: HashMap::new(),
+            verified_rows: HashSet::new(),
             replies: Vec::new(),
             next_k: 1,
             f: Figures::default(),
@@ -297,8 +300,16 @@ impl Rig {
         if report.torn.is_some() {
             self.f.torn += 1;
         }
+        let to_cut = started.elapsed();
         let _ = d.child.kill();
         let _ = d.child.wait();
+        if std::env::var("HUBEE_POWERCUT_TRACE").is_ok() {
+            eprintln!(
+                "life {life}: at_sync {at_sync} k {} cut after {to_cut:?}, killed after {:?}",
+                self.next_k,
+                started.elapsed()
+            );
+        }
         let log = d.log_text();
         if log.contains("panicked") {
             return Err(format!("life {life}: hubee-sync panicked:\n{log}"));
@@ -469,7 +480,7 @@ impl Rig {
                 .iter()
                 .position(|s| s.name == sub_name)
                 .ok_or_else(|| format!("delivery {id}: unknown subscription {sub_name}"))?;
-            if !self.verified_rows.contains_key(&id) {
+            if !self.verified_rows.contains(&id) {
                 let atts = sqlx::query(
                     "SELECT attachment_id, size, sha256 FROM hubee_attachment WHERE delivery_id = ?",
                 )
@@ -504,7 +515,7 @@ impl Rig {
                         ));
                     }
                 }
-                self.verified_rows.insert(id, (sub, key.clone()));
+                self.verified_rows.insert(id);
             }
             if !out.insert((sub, key.clone())) {
                 return Err(format!("{key:?} delivered twice in the business database"));
@@ -650,7 +661,7 @@ async fn spool_on_power_cuts_at_every_sync_and_random_instants_never_loses_or_du
         return;
     }
     let seed = env_u64("HUBEE_POWERCUT_SEED", 1);
-    let lives = env_u64("HUBEE_POWERCUT_LIVES", 160) as usize;
+    let lives = env_u64("HUBEE_POWERCUT_LIVES", 180) as usize;
     let (r, took) = campaign(false, seed, lives, 200).await;
     print_figures("spool", seed, &r, took);
     assert!(r.f.cuts >= lives && r.f.at_sync >= lives / 4);
@@ -686,7 +697,7 @@ async fn without_the_fsync_of_new_after_the_rename_a_cut_loses_a_delivery() {
     if !fuse_available() {
         return;
     }
-    let e = mutation_is_found("skip_new_fsync", 80).await;
+    let e = mutation_is_found("skip_new_fsync", 150).await;
     assert!(e.contains("lost"), "{e}");
 }
 
@@ -695,7 +706,7 @@ async fn without_the_fsync_of_attachments_a_cut_leaves_a_broken_entry() {
     if !fuse_available() {
         return;
     }
-    let e = mutation_is_found("skip_attachments_fsync", 80).await;
+    let e = mutation_is_found("skip_attachments_fsync", 150).await;
     assert!(
         e.contains("missing") || e.contains("sha256sum") || e.contains("attachments/ holds"),
         "{e}"

@@ -44,6 +44,8 @@ pub struct FileData {
     /// Bytes of `[0, durable_size)` overwritten or cut off since: offset → the old bytes.
     /// Ranges never overlap.
     pub saved: BTreeMap<u64, Vec<u8>>,
+    /// Written or truncated since the last sync (or created since the mount).
+    pub dirty: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -503,6 +505,7 @@ impl State {
         let Some(n) = self.nodes.get_mut(&node) else {
             return;
         };
+        n.data.dirty = true;
         let end = end.min(n.data.durable_size);
         if off >= end {
             return;
@@ -534,6 +537,7 @@ impl State {
         if let Some(n) = self.nodes.get_mut(&node) {
             n.data.saved.clear();
             n.data.durable_size = size;
+            n.data.dirty = false;
         }
         if self.last_write.as_ref().is_some_and(|w| w.0 == node) {
             self.last_write = None;
@@ -591,7 +595,9 @@ impl State {
     }
 
     /// The power is cut: the backing directory becomes what was durable, and the state
-    /// refuses everything from now on.
+    /// refuses everything from now on. Entries already where the durable namespace has them
+    /// stay in place (only their unsynced bytes are rolled back); the rest is removed, or
+    /// moved aside and put back where it durably was.
     pub fn cut(&mut self) -> io::Result<CutReport> {
         if self.cut {
             return Ok(CutReport::default());
@@ -624,74 +630,57 @@ impl State {
                 tree.push((node, child));
             }
         }
+        report.entries = tree.len();
+        let wanted: BTreeSet<(u64, PathBuf)> = tree.iter().cloned().collect();
+        let durable_files: BTreeSet<u64> = tree
+            .iter()
+            .filter(|(n, _)| self.nodes.get(n).is_some_and(|n| n.kind == Kind::File))
+            .map(|(n, _)| *n)
+            .collect();
         let meta = meta_of(&self.backing);
         let stage = meta.join("stage");
         fs::create_dir_all(&stage)?;
-        // Each durable file rolled back to its durable bytes and moved aside.
+        // What is live and not where the durable tree has it goes: removed, or (a durable
+        // file) moved aside.
         let mut staged = BTreeSet::new();
-        let torn = self.last_write.take();
-        for (node, _) in &tree {
-            let Some(n) = self.nodes.get(node) else {
-                continue;
-            };
-            if n.kind != Kind::File || !staged.insert(*node) {
-                continue;
-            }
-            let to = stage.join(node.to_string());
-            match self.path(*node) {
-                Some(live) if fs::symlink_metadata(&live).is_ok() => fs::rename(&live, &to)?,
-                _ => {
-                    fs::File::create(&to)?;
-                }
-            }
-            let f = fs::OpenOptions::new().write(true).open(&to)?;
-            let live_len = f.metadata()?.len();
-            if live_len != n.data.durable_size || !n.data.saved.is_empty() {
-                report.files_rolled_back += 1;
-            }
-            f.set_len(n.data.durable_size)?;
-            for (off, bytes) in &n.data.saved {
-                f.write_all_at(bytes, *off)?;
-            }
-            if let (Some((w, off, data)), Some(seed)) = (&torn, self.torn_seed) {
-                if w == node && !data.is_empty() {
-                    let keep = (fastrand::Rng::with_seed(seed).usize(..data.len())).max(1);
-                    f.write_all_at(&data[..keep], *off)?;
-                    let rel = tree
-                        .iter()
-                        .find(|t| t.0 == *node)
-                        .map(|t| t.1.clone())
-                        .unwrap_or_default();
-                    report.torn = Some((rel, *off, keep));
-                }
+        self.prune(
+            &self.backing.clone(),
+            Path::new(""),
+            true,
+            &wanted,
+            &durable_files,
+            &stage,
+            &mut staged,
+        )?;
+        // Graveyard files the durable tree names come back from there.
+        for &node in &durable_files {
+            if self.nodes.get(&node).is_some_and(|n| n.grave) && !staged.contains(&node) {
+                fs::rename(self.grave_path(node), stage.join(node.to_string()))?;
+                staged.insert(node);
             }
         }
-        // Everything else goes.
-        for e in fs::read_dir(&self.backing)? {
-            let e = e?;
-            if e.file_name() == META {
-                continue;
-            }
-            let p = e.path();
-            if e.file_type()?.is_dir() {
-                fs::remove_dir_all(&p)?;
-            } else {
-                fs::remove_file(&p)?;
-            }
-        }
-        // The durable tree, rebuilt.
+        // The durable tree, completed where it is missing.
         let mut placed: HashMap<u64, PathBuf> = HashMap::new();
         for (node, rel) in &tree {
             let Some(n) = self.nodes.get(node) else {
                 continue;
             };
             let p = self.backing.join(rel);
+            if fs::symlink_metadata(&p).is_ok() {
+                placed.entry(*node).or_insert(p);
+                continue;
+            }
             match &n.kind {
                 Kind::Dir => fs::create_dir(&p)?,
                 Kind::File => match placed.get(node) {
                     Some(first) => fs::hard_link(first, &p)?,
                     None => {
-                        fs::rename(stage.join(node.to_string()), &p)?;
+                        if staged.remove(node) {
+                            fs::rename(stage.join(node.to_string()), &p)?;
+                        } else {
+                            // Its bytes are gone (cannot happen: the graveyard keeps them).
+                            fs::File::create(&p)?;
+                        }
                         placed.insert(*node, p.clone());
                     }
                 },
@@ -704,10 +693,79 @@ impl State {
                 fs::set_permissions(&p, fs::Permissions::from_mode(n.mode & 0o7777))?;
             }
             let _ = std::os::unix::fs::lchown(&p, Some(n.uid), Some(n.gid));
-            report.entries += 1;
+        }
+        // Each durable file back to its durable size and bytes (and the torn write, if any).
+        let torn = self.last_write.take();
+        for node in &durable_files {
+            let (Some(n), Some(p)) = (self.nodes.get(node), placed.get(node)) else {
+                continue;
+            };
+            let is_torn = torn.as_ref().is_some_and(|w| w.0 == *node) && self.torn_seed.is_some();
+            if !n.data.dirty && !is_torn {
+                continue;
+            }
+            let f = fs::OpenOptions::new().write(true).open(p)?;
+            if f.metadata()?.len() != n.data.durable_size || !n.data.saved.is_empty() {
+                report.files_rolled_back += 1;
+            }
+            f.set_len(n.data.durable_size)?;
+            for (off, bytes) in &n.data.saved {
+                f.write_all_at(bytes, *off)?;
+            }
+            if let (Some((_, off, data)), Some(seed), true) = (&torn, self.torn_seed, is_torn) {
+                if !data.is_empty() {
+                    let keep = (fastrand::Rng::with_seed(seed).usize(..data.len())).max(1);
+                    f.write_all_at(&data[..keep], *off)?;
+                    let rel = p.strip_prefix(&self.backing).unwrap_or(p).to_path_buf();
+                    report.torn = Some((rel, *off, keep));
+                }
+            }
         }
         fs::remove_dir_all(&meta)?;
         Ok(report)
+    }
+
+    /// Removes (or, durable files, moves into `stage`) every live entry under `dir` that is
+    /// not where the durable tree has it. `keep_ok`: `dir` itself is where the durable tree
+    /// has it (otherwise nothing under it can be).
+    #[allow(clippy::too_many_arguments)]
+    fn prune(
+        &self,
+        dir: &Path,
+        rel: &Path,
+        keep_ok: bool,
+        wanted: &BTreeSet<(u64, PathBuf)>,
+        durable_files: &BTreeSet<u64>,
+        stage: &Path,
+        staged: &mut BTreeSet<u64>,
+    ) -> io::Result<()> {
+        for e in fs::read_dir(dir)? {
+            let e = e?;
+            let name = e.file_name();
+            if rel.as_os_str().is_empty() && name == META {
+                continue;
+            }
+            let p = e.path();
+            let child_rel = rel.join(&name);
+            let m = fs::symlink_metadata(&p)?;
+            let node = self.by_ino.get(&m.ino()).copied();
+            let keep = keep_ok && node.is_some_and(|n| wanted.contains(&(n, child_rel.clone())));
+            if m.is_dir() {
+                self.prune(&p, &child_rel, keep, wanted, durable_files, stage, staged)?;
+                if !keep {
+                    fs::remove_dir(&p)?;
+                }
+            } else if !keep {
+                match node {
+                    Some(n) if durable_files.contains(&n) && !staged.contains(&n) => {
+                        fs::rename(&p, stage.join(n.to_string()))?;
+                        staged.insert(n);
+                    }
+                    _ => fs::remove_file(&p)?,
+                }
+            }
+        }
+        Ok(())
     }
 }
 
