@@ -18,6 +18,9 @@ if ! python3 -c 'import yaml, jsonschema' 2>/dev/null; then
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml python3-jsonschema; }
 fi
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# The power-cut campaign (tests/powercut.rs, powerfs/) mounts a FUSE filesystem as root with
+# mount(2) itself (no libfuse, no fusermount): it needs the fuse module's /dev/fuse.
+[ -e /dev/fuse ] || modprobe fuse 2>/dev/null || echo "test.sh: no /dev/fuse: the power-cut tests will skip" >&2
 export HUBEE_TEST_PG_URL="${HUBEE_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 cargo test --locked --workspace
 # The receipt, event, outbox, crash, fault and recovery tests once more against the hub of the

@@ -33,3 +33,20 @@ pub fn point(name: &str) {
     #[cfg(not(debug_assertions))]
     let _ = name;
 }
+
+/// Debug builds only: `HUBEE_SYNC_MUTATE=name` removes one fsync (`skip_new_fsync`: of `new/`
+/// after an entry's rename; `skip_attachments_fsync`: of an entry's `attachments/` at its
+/// seal), so that the power-cut campaign shows it finds what that fsync prevents
+/// (tests/powercut.rs). Release builds never read it.
+#[inline]
+pub fn mutated(name: &str) -> bool {
+    #[cfg(debug_assertions)]
+    {
+        std::env::var("HUBEE_SYNC_MUTATE").is_ok_and(|v| v == name)
+    }
+    #[cfg(not(debug_assertions))]
+    {
+        let _ = name;
+        false
+    }
+}

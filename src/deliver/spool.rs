@@ -211,12 +211,14 @@ impl Spool {
             Some(group) => Some(resolve_group(group, root)?),
             None => None,
         };
-        fs::create_dir_all(root).map_err(io_err("create", root))?;
+        create_dirs_durably(root)?;
         set_dir_mode(root, gid)?;
         for sub in SPOOL_DIRS {
             let dir = root.join(sub);
             match DirBuilder::new().mode(DIR_MODE).create(&dir) {
-                Ok(()) => {}
+                // Durable only once its parent is fsynced: a power cut would otherwise take
+                // new/ away with every entry published in it.
+                Ok(()) => fsync_parent(&dir)?,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => {}
                 Err(e) => return Err(io_err("create", &dir)(e)),
             }
@@ -372,7 +374,9 @@ impl Spool {
             }
             Err(e) => return Err(io_err("rename", tmp_dir)(e)),
         }
-        fsync_dir(&self.new_dir())?;
+        if !crate::crashpoint::mutated("skip_new_fsync") {
+            fsync_dir(&self.new_dir())?;
+        }
         fsync_dir(&self.tmp())?;
         Ok(PublishOutcome::Published(target))
     }
@@ -628,7 +632,10 @@ impl PendingEntry {
         tokio::task::spawn_blocking(move || {
             write_durably(&manifest_path, gid, &json)?;
             write_durably(&sums_path, gid, sums.as_bytes())?;
-            dirs.iter().try_for_each(|d| fsync_dir(d))
+            let skip = crate::crashpoint::mutated("skip_attachments_fsync");
+            dirs.iter()
+                .skip(usize::from(skip))
+                .try_for_each(|d| fsync_dir(d))
         })
         .await
         .map_err(|e| io_err("fsync", &self.dir)(io::Error::other(e)))??;
@@ -1008,6 +1015,35 @@ fn write_durably(path: &Path, gid: Option<libc::gid_t>, bytes: &[u8]) -> Result<
     let mut file = create_private_file(path, gid)?;
     file.write_all(bytes).map_err(io_err("write", path))?;
     file.sync_all().map_err(io_err("fsync", path))
+}
+
+/// `create_dir_all` whose every directory created is made durable (its parent fsynced), so
+/// that a power cut after the first deliveries cannot take the spool itself away.
+fn create_dirs_durably(dir: &Path) -> Result<(), SpoolError> {
+    let mut missing = Vec::new();
+    let mut cur = dir;
+    while fs::symlink_metadata(cur).is_err() {
+        missing.push(cur);
+        match cur.parent() {
+            Some(p) if !p.as_os_str().is_empty() => cur = p,
+            _ => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match fs::create_dir(d) {
+            Ok(()) => fsync_parent(d)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err("create", d)(e)),
+        }
+    }
+    Ok(())
+}
+
+fn fsync_parent(path: &Path) -> Result<(), SpoolError> {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => fsync_dir(p),
+        _ => fsync_dir(Path::new(".")),
+    }
 }
 
 fn fsync_dir(dir: &Path) -> Result<(), SpoolError> {

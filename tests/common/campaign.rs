@@ -79,12 +79,17 @@ pub struct Campaign {
     /// their `(case_id, event_id, round)` key.
     checked: BTreeMap<(usize, String), (String, String, u64)>,
     next_case: usize,
+    /// Where the state database and the spools live (the world's directory unless moved, e.g.
+    /// onto the power-cut filesystem); config and secret stay in the world's directory.
+    pub data: PathBuf,
+    /// Lines added to every `[[subscription]]` (e.g. `delivery = "database"`).
+    pub extra_sub: String,
 }
 
 /// `(case_id, event_id or "", round)`: what an entry is a delivery of.
 pub type EntryKey = (String, String, u64);
 
-fn key_of(manifest: &serde_json::Value) -> Result<EntryKey, String> {
+pub fn key_of(manifest: &serde_json::Value) -> Result<EntryKey, String> {
     let case = manifest["case_id"]
         .as_str()
         .ok_or_else(|| format!("manifest without case_id: {manifest}"))?;
@@ -101,7 +106,10 @@ impl Campaign {
         world
             .hub
             .add_client(SUBS[1].client, SECRET, SUBS[1].process_code);
+        let data = world.dir.path().to_path_buf();
         let c = Campaign {
+            data,
+            extra_sub: String::new(),
             world,
             cases: BTreeMap::new(),
             events: BTreeMap::new(),
@@ -116,6 +124,7 @@ impl Campaign {
     pub fn write_config(&self, schedule: &str, extra_hub: &str) {
         let w = &self.world;
         let d = w.dir.path().display();
+        let data = self.data.display();
         let mut toml = format!(
             r#"[hub]
 api_url = "{api}"
@@ -128,7 +137,7 @@ timeout = "5s"
 {extra_hub}
 
 [state]
-url = "sqlite://{d}/state.db"
+url = "sqlite://{data}/state.db"
 "#,
             api = w.hub.api_url(),
             token = w.hub.token_url(),
@@ -142,18 +151,20 @@ process_code = "{code}"
 client_id = "{client}"
 client_secret_file = "{d}/secret"
 schedule = "{schedule}"
-spool = "{d}/spool/{name}"
+spool = "{data}/spool/{name}"
+{extra_sub}
 "#,
                 name = s.name,
                 code = s.process_code,
                 client = s.client,
+                extra_sub = self.extra_sub,
             ));
         }
         write_mode(&w.config_path(), &toml, 0o640);
     }
 
     pub fn spool(&self, sub: usize) -> PathBuf {
-        self.world.dir.path().join("spool").join(SUBS[sub].name)
+        self.data.join("spool").join(SUBS[sub].name)
     }
 
     /// The files of the `n`-th case: 0–3, sizes mixed within and across cases.
@@ -393,7 +404,13 @@ spool = "{d}/spool/{name}"
         let mut found: BTreeMap<(usize, EntryKey), Vec<(String, serde_json::Value)>> =
             BTreeMap::new();
         for sub in 0..SUBS.len() {
+            // Entries a consumer moved to cur/ count as delivered (`cur/NAME` listed as such).
             let entries = check_new(&self.spool(sub))
+                .and_then(|mut v| {
+                    let cur = super::check_entries_in(&self.spool(sub).join("cur"))?;
+                    v.extend(cur.into_iter().map(|(n, m)| (format!("../cur/{n}"), m)));
+                    Ok(v)
+                })
                 .unwrap_or_else(|e| panic!("{what}: corrupt entry: {e}"));
             for (name, m) in entries {
                 let key = key_of(&m).unwrap_or_else(|e| panic!("{what}: {name}: {e}"));

@@ -311,8 +311,14 @@ pub fn check_entry(entry: &Path) -> Result<serde_json::Value, String> {
 
 /// Checks every entry in `SPOOL/new/`; returns `(entry name, manifest)` for each.
 pub fn check_new(spool: &Path) -> Result<Vec<(String, serde_json::Value)>, String> {
+    check_entries_in(&spool.join("new"))
+}
+
+/// Checks every entry in `dir` (a spool's `new/` or `cur/`); returns `(entry name, manifest)`
+/// for each.
+pub fn check_entries_in(dir: &Path) -> Result<Vec<(String, serde_json::Value)>, String> {
     let mut out = Vec::new();
-    let Ok(rd) = std::fs::read_dir(spool.join("new")) else {
+    let Ok(rd) = std::fs::read_dir(dir) else {
         return Ok(out);
     };
     for e in rd {
