@@ -331,26 +331,19 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
             reached,
         }) => {
             // Final: never retried, never a reason to withhold the delivery (§10.17).
-            crate::events::receipt_event_refused(&ctx.name, &key.case_id, cap, &error, status);
-            let detail = serde_json::json!({
-                "what": "receipt",
-                "round": key.round,
-                "cap": cap,
-                "status": status.as_str(),
-                "status_reached": reached,
-                "target": target.as_str(),
-                "error": error.to_string(),
-            });
-            ctx.state
-                .record_activity(
-                    &ctx.name,
-                    "hub_event_refused",
-                    Some(&key.case_id),
-                    None,
-                    None,
-                    detail,
-                )
-                .await?;
+            let detail = serde_json::json!({"what": "receipt", "round": key.round});
+            note_event_refused(
+                ctx,
+                &key.case_id,
+                None,
+                detail,
+                &error,
+                cap,
+                status,
+                reached,
+                target,
+            )
+            .await?;
             ctx.state.record_receipt_done(key, None).await?;
             Ok(())
         }
@@ -361,6 +354,42 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
             ItemError::Refused(format!("the receipt of case {}: {e}", key.case_id)),
         ),
     }
+}
+
+/// A status event of ours the hub refused for good (its cap, a démarche's rule): the
+/// journal and the activity record (`hub_event_refused`, for `status` and the digest).
+/// `detail` says what the event was for; the refusal's facts are added to it.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn note_event_refused(
+    ctx: &SubscriptionCtx,
+    case_id: &str,
+    external_id: Option<&str>,
+    mut detail: serde_json::Value,
+    error: &HubError,
+    cap: bool,
+    status: CaseStatus,
+    reached: bool,
+    target: CaseStatus,
+) -> Result<(), ItemError> {
+    crate::events::receipt_event_refused(&ctx.name, case_id, cap, error, status);
+    if let Some(d) = detail.as_object_mut() {
+        d.insert("cap".into(), cap.into());
+        d.insert("status".into(), status.as_str().into());
+        d.insert("status_reached".into(), reached.into());
+        d.insert("target".into(), target.as_str().into());
+        d.insert("error".into(), error.to_string().into());
+    }
+    ctx.state
+        .record_activity(
+            &ctx.name,
+            "hub_event_refused",
+            Some(case_id),
+            external_id,
+            None,
+            detail,
+        )
+        .await?;
+    Ok(())
 }
 
 /// Our event among the case's events, found by the marker in its comment.

@@ -243,25 +243,19 @@ async fn mark_integration_error(
             status,
             reached,
         }) => {
-            crate::events::receipt_event_refused(&ctx.name, &item.case_id, cap, &error, status);
-            let detail = serde_json::json!({
-                "what": "quarantine",
-                "cap": cap,
-                "status": status.as_str(),
-                "status_reached": reached,
-                "target": target.as_str(),
-                "error": error.to_string(),
-            });
-            ctx.state
-                .record_activity(
-                    &ctx.name,
-                    "hub_event_refused",
-                    Some(&item.case_id),
-                    item.external_id.as_deref(),
-                    None,
-                    detail,
-                )
-                .await?;
+            let detail = serde_json::json!({"what": "quarantine"});
+            super::case::note_event_refused(
+                ctx,
+                &item.case_id,
+                item.external_id.as_deref(),
+                detail,
+                &error,
+                cap,
+                status,
+                reached,
+                target,
+            )
+            .await?;
             Ok(())
         }
         Err(ChangeError::Impossible { from, to }) => {
