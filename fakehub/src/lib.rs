@@ -184,6 +184,10 @@ pub struct RequestRecord {
     pub headers: Vec<(String, String)>,
     /// The JSON body, for requests that carry one (PATCH, POST event).
     pub body: Option<Value>,
+    /// When it arrived (the fake's monotonic clock: compare with `Instant`s of the same process).
+    pub at: std::time::Instant,
+    /// The client its bearer token was issued to (even an expired token), if any.
+    pub client_id: Option<String>,
 }
 
 impl RequestRecord {

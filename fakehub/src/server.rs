@@ -542,6 +542,8 @@ async fn handle(
             })
             .collect(),
         body: None,
+        at: std::time::Instant::now(),
+        client_id: inner.state().token_client(ctx.bearer()),
     };
     // Faults are drawn when the request arrives, before anything else happens.
     let (idx, fault) = {

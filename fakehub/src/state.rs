@@ -907,6 +907,13 @@ impl State {
     }
 
     /// The client behind a bearer token.
+    /// The client a token was issued to, valid or not (for the request log).
+    pub fn token_client(&self, token: Option<&str>) -> Option<String> {
+        token
+            .and_then(|t| self.tokens.get(t))
+            .map(|t| t.client_id.clone())
+    }
+
     pub fn authenticate(&self, token: Option<&str>) -> Res<String> {
         let t = token
             .and_then(|t| self.tokens.get(t))

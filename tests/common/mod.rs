@@ -3,6 +3,7 @@
 
 pub mod campaign;
 pub mod daemon;
+pub mod netlab;
 
 use std::path::{Path, PathBuf};
 
