@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::netlab::{addr_of, enter_ns, LabNode, Netlab};
+use common::netlab::{enter_ns, LabNode, Netlab};
 use common::{check_new, write_mode, SECRET};
 use fake_hubee::{AttachmentSpec, CaseSpec, Content, FakeHub, OslEvent, Route};
 
@@ -120,6 +120,8 @@ struct Work {
 struct Lab {
     net: Netlab,
     hub: FakeHub,
+    hub_url: String,
+    ca_file: PathBuf,
     spools: PathBuf,
 }
 
@@ -130,11 +132,13 @@ impl Lab {
 
     fn config(&self, node: &str, pg_url: &str) -> PathBuf {
         let d = self.net.dir.path().display();
-        let hub = format!("http://{}:8080", addr_of("hub"));
+        let hub = &self.hub_url;
+        let ca = self.ca_file.display();
         let mut toml = format!(
             r#"[hub]
 api_url = "{hub}"
 token_url = "{hub}/oauth2/token"
+ca_file = "{ca}"
 editor_name = "Commune de Saint-Étienne"
 application_name = "hubee-sync-{node}"
 retry_attempts = 3
@@ -291,7 +295,13 @@ fn partitions_pauses_and_kills_lose_nothing_double_nothing_and_fence_the_cut_nod
         hub.add_client(&client_of(s), SECRET, "CERTDC");
     }
     let spools = net.dir.path().join("spool");
-    let mut lab = Lab { net, hub, spools };
+    let mut lab = Lab {
+        net,
+        hub,
+        hub_url: lab_hub.https_url.clone(),
+        ca_file: lab_hub.ca_file.clone(),
+        spools,
+    };
     write_mode(
         &lab.net.dir.path().join("secret"),
         &format!("{SECRET}\n"),

@@ -14,6 +14,7 @@ mod content;
 mod server;
 mod state;
 mod util;
+pub mod tls;
 
 pub use content::Content;
 

@@ -96,6 +96,10 @@ pub fn enter_ns(path: &str) {
 /// The fake hub served from the `hub` host by a runtime of its own.
 pub struct LabHub {
     pub hub: FakeHub,
+    /// `https://10.77.0.10:PORT+1`: `[hub] api_url` (and `…/oauth2/token`) for the nodes.
+    pub https_url: String,
+    /// The CA that signed the hub's certificate: `[hub] ca_file`.
+    pub ca_file: PathBuf,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -363,12 +367,56 @@ impl Netlab {
         LabPg::start(&self.ns("pg"))
     }
 
-    /// Serves a fake hub on the `hub` host, port `port`.
+    /// A CA (`DIR/pki/ca.pem`, for `[hub] ca_file`) and a certificate for the hub's address
+    /// signed by it, made with openssl.
+    pub fn make_pki(&self) -> PathBuf {
+        let pki = self.dir.path().join("pki");
+        std::fs::create_dir_all(&pki).expect("pki dir");
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(&pki)
+                .output()
+                .expect("run openssl (scripts/test.sh installs it)");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=hubee-sync netlab CA", "-addext",
+            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+        ]);
+        let hub = addr_of("hub");
+        run(&[
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "hub.key", "-out", "hub.csr",
+            "-subj", &format!("/CN={hub}"),
+        ]);
+        std::fs::write(
+            pki.join("ext.cnf"),
+            format!("subjectAltName=IP:{hub}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+        )
+        .expect("write ext.cnf");
+        run(&[
+            "x509", "-req", "-in", "hub.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "hub.pem", "-days", "2", "-extfile", "ext.cnf",
+        ]);
+        pki
+    }
+
+    /// Serves a fake hub on the `hub` host: plain HTTP on `port`, and HTTPS on `port + 1`
+    /// (fake_hubee::tls, with the certificate of [`Netlab::make_pki`], made here) — hubee-sync
+    /// speaks plain http to localhost only. The URL for the nodes: [`LabHub::https_url`].
     pub fn start_hub(&self, port: u16) -> LabHub {
+        let pki = self.make_pki();
         let path = format!("/run/netns/{}", self.ns("hub"));
         let (tx, rx) = mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let addr = SocketAddr::from((addr_of("hub"), port));
+        let tls_addr = SocketAddr::from((addr_of("hub"), port + 1));
+        let (cert, key) = (pki.join("hub.pem"), pki.join("hub.key"));
         let thread = std::thread::spawn(move || {
             enter_ns(&path);
             // Worker threads are created by this thread, so they are in the hub's namespace.
@@ -378,7 +426,14 @@ impl Netlab {
                 .build()
                 .expect("the hub's runtime");
             rt.block_on(async move {
-                let hub = FakeHub::start_on(addr).await;
+                let mut hub = FakeHub::start_on(addr).await;
+                if hub.is_ok() {
+                    if let Err(e) =
+                        fake_hubee::tls::start_tls_front(tls_addr, addr, &cert, &key).await
+                    {
+                        hub = Err(e);
+                    }
+                }
                 let ok = hub.is_ok();
                 let _ = tx.send(hub);
                 if ok {
@@ -392,6 +447,8 @@ impl Netlab {
             .unwrap_or_else(|e| panic!("netlab: fake-hubee cannot bind {addr}: {e}"));
         LabHub {
             hub,
+            https_url: format!("https://{tls_addr}"),
+            ca_file: pki.join("ca.pem"),
             stop: Some(stop_tx),
             thread: Some(thread),
         }
