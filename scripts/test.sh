@@ -21,6 +21,13 @@ command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq 
 # The power-cut campaign (tests/powercut.rs, powerfs/) mounts a FUSE filesystem as root with
 # mount(2) itself (no libfuse, no fusermount): it needs the fuse module's /dev/fuse.
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || echo "test.sh: no /dev/fuse: the power-cut tests will skip" >&2
+# The test network (tests/netlab_*.rs, issue 19) builds network namespaces with iproute2, runs
+# its own PostgreSQL (initdb, as user postgres) and Debian's tinyproxy as the forward proxy;
+# without namespaces (not root, a restricted container) those tests skip and say why.
+command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iproute2; }
+[ -x /usr/bin/tinyproxy ] || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tinyproxy \
+    && { systemctl disable --now tinyproxy 2>/dev/null || true; }; } \
+    || echo "test.sh: no tinyproxy: the proxy test will skip" >&2
 export HUBEE_TEST_PG_URL="${HUBEE_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
 cargo test --locked --workspace
 # The receipt, event, outbox, crash, fault and recovery tests once more against the hub of the
