@@ -2,7 +2,7 @@
 """The hub 20 ms away (issue 19), in ONE run: every figure beside its ceiling over the same link.
 
     python3 bench/netem.py [--cases 9000] [--seq-seconds 60] [--big 1G] [--bin DIR]
-                           [--set KEY=VALUE]… [--only=dsb]
+                           [--set KEY=VALUE]… [--also KEY=VALUE]… [--only=dsb]
 
 The link is bench/netem_link.py (user space: this kernel has no sch_netem) in front of
 fake-hubee: 20 ms ± 5 ms each way, 0.2 % of segments lost (a 200 ms retransmission stall each).
@@ -38,7 +38,11 @@ BIG = arg("--big", "1G")
 ONLY = arg("--only", "dsb")
 SETS = [a.split("=", 1)[1] if a.startswith("--set=") else sys.argv[i + 1]
         for i, a in enumerate(sys.argv) if a == "--set" or a.startswith("--set=")]
+# `--also KEY=VALUE`: the national day once more with that [hub] key too (same run, same ceiling).
+ALSO = [a.split("=", 1)[1] if a.startswith("--also=") else sys.argv[i + 1]
+        for i, a in enumerate(sys.argv) if a == "--also" or a.startswith("--also=")]
 WORKS = []
+SETUPS = []
 
 
 def wait_line(path, word, what):
@@ -57,6 +61,7 @@ class Setup:
     def __init__(self, cases, files, size):
         self.work = tempfile.mkdtemp(prefix="hubee-netem-", dir="/var/tmp")
         WORKS.append(self.work)
+        SETUPS.append(self)
         out = os.path.join(self.work, "hub.out")
         self.hub = subprocess.Popen([HUB, "--listen", "127.0.0.1:0", "--client-id", "bench", "--client-secret",
                                      "bench-secret", "--cases", str(cases), "--files", str(files), "--file-size",
@@ -77,7 +82,7 @@ class Setup:
             return json.load(r)
 
     def stop(self):
-        self.link.send_signal(signal.SIGINT)
+        self.link.send_signal(signal.SIGTERM)
         self.link.wait(timeout=30)
         self.hub.send_signal(signal.SIGTERM)
         self.hub.wait(timeout=30)
@@ -156,14 +161,16 @@ def main():
         par = min(64, effective("max_parallel_cases", 16) * effective("max_parallel_downloads", 4))
         n, tc = curl_ceiling(s, par)
         s.stop()
-        s = Setup(CASES, 3, "100K")
-        t, done, _ = once(s)
-        link = s.stop()
-        mb = CASES * 3 * size / 1e6
-        rows.append(f"| national day ({CASES} × 3 × 100 KiB, {mb:.0f} MB), settings: {', '.join(SETS) or 'defaults'} "
-                    f"| {t / 60:.2f} min ({done} cases, {mb / t:.1f} MB/s) | curl ×{par}: {tc / 60:.2f} min "
-                    f"({n} files, {mb / tc:.1f} MB/s) | {tc / t:.2f}× |")
-        print(rows[-1], "  link:", link, flush=True)
+        for extra in [[]] + ([ALSO] if ALSO else []):
+            s = Setup(CASES, 3, "100K")
+            t, done, _ = once(s, extra=extra)
+            link = s.stop()
+            mb = CASES * 3 * size / 1e6
+            rows.append(f"| national day ({CASES} × 3 × 100 KiB, {mb:.0f} MB), settings: "
+                        f"{', '.join(SETS + extra) or 'defaults'} "
+                        f"| {t / 60:.2f} min ({done} cases, {mb / t:.1f} MB/s) | curl ×{par}: {tc / 60:.2f} min "
+                        f"({n} files, {mb / tc:.1f} MB/s) | {tc / t:.2f}× |")
+            print(rows[-1], "  link:", link, flush=True)
     if "s" in ONLY:
         s = Setup(CASES, 3, "100K")
         t, done, cut = once(s, extra=["max_parallel_cases=1"], bound=SEQ_S)
@@ -194,5 +201,9 @@ def main():
 try:
     main()
 finally:
+    for s_ in SETUPS:
+        for p in (s_.link, s_.hub):
+            if p.poll() is None:
+                p.kill()
     for w in WORKS:
         shutil.rmtree(w, ignore_errors=True)

@@ -12,7 +12,7 @@ probability `loss`, which costs what a loss costs TCP: a retransmission stall of
 that chunk and everything behind it on that connection (head-of-line blocking). At most 4 MiB
 are in flight per direction and connection (a window). Prints `netem-link listening port=N`.
 """
-import asyncio, random, sys, time
+import asyncio, os, random, signal, sys, time
 
 args = sys.argv[1:]
 opt = {"--delay-ms": 20.0, "--jitter-ms": 5.0, "--loss": 0.002, "--rto-ms": 200.0, "--seed": 1}
@@ -103,10 +103,12 @@ async def main():
         await srv.serve_forever()
 
 
-try:
-    asyncio.run(main())
-except KeyboardInterrupt:
-    pass
-finally:
+def bye(*_):
     print(f"netem-link: {STATS['conns']} connections, {STATS['bytes']} bytes, {STATS['losses']} segments lost",
           file=sys.stderr, flush=True)
+    os._exit(0)
+
+
+signal.signal(signal.SIGTERM, bye)
+signal.signal(signal.SIGINT, bye)
+asyncio.run(main())
