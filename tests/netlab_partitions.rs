@@ -382,9 +382,9 @@ fn partitions_pauses_and_kills_lose_nothing_double_nothing_and_fence_the_cut_nod
         );
         episodes.push(Episode { fault, start, heal });
         // Time to recover before the next fault.
-        std::thread::sleep(Duration::from_millis(rng.u64(
-            ttl.as_millis() as u64..=ttl.as_millis() as u64 * 2 + 1000,
-        )));
+        std::thread::sleep(Duration::from_millis(
+            rng.u64(ttl.as_millis() as u64..=ttl.as_millis() as u64 * 2 + 1000),
+        ));
     }
     stop_work.store(true, Ordering::Relaxed);
     worker.join().expect("workload thread");
@@ -507,7 +507,9 @@ fn partitions_pauses_and_kills_lose_nothing_double_nothing_and_fence_the_cut_nod
             .filter(|e| e["actionType"] == "ATTACH_DEPOSIT")
             .count();
         if deposits != 1 {
-            failures.push(format!("case {case}: {deposits} deposit events for one reply"));
+            failures.push(format!(
+                "case {case}: {deposits} deposit events for one reply"
+            ));
         }
     }
 

@@ -13,8 +13,8 @@
 mod content;
 mod server;
 mod state;
-mod util;
 pub mod tls;
+mod util;
 
 pub use content::Content;
 

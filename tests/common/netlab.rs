@@ -385,23 +385,60 @@ impl Netlab {
             );
         };
         run(&[
-            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
-            "ca.pem", "-days", "2", "-subj", "/CN=hubee-sync netlab CA", "-addext",
-            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hubee-sync netlab CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
         ]);
         let hub = addr_of("hub");
         run(&[
-            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "hub.key", "-out", "hub.csr",
-            "-subj", &format!("/CN={hub}"),
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "hub.key",
+            "-out",
+            "hub.csr",
+            "-subj",
+            &format!("/CN={hub}"),
         ]);
         std::fs::write(
             pki.join("ext.cnf"),
-            format!("subjectAltName=IP:{hub}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+            format!(
+                "subjectAltName=IP:{hub}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+            ),
         )
         .expect("write ext.cnf");
         run(&[
-            "x509", "-req", "-in", "hub.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "hub.pem", "-days", "2", "-extfile", "ext.cnf",
+            "x509",
+            "-req",
+            "-in",
+            "hub.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "hub.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
         ]);
         pki
     }
@@ -500,8 +537,15 @@ impl Netlab {
     pub fn set_isolated(&self, host: &str, isolated: bool) {
         let port = format!("v{}", self.ports[host]);
         let state = if isolated { "down" } else { "up" };
-        ip(&["-n", &format!("{}-br", self.tag), "link", "set", &port, state])
-            .unwrap_or_else(|e| panic!("netlab: {host} port {state}: {e}"));
+        ip(&[
+            "-n",
+            &format!("{}-br", self.tag),
+            "link",
+            "set",
+            &port,
+            state,
+        ])
+        .unwrap_or_else(|e| panic!("netlab: {host} port {state}: {e}"));
     }
 
     /// A route from `host` to nowhere for `to` (one-way, for "only through the proxy").
