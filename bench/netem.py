@@ -2,7 +2,7 @@
 """The hub 20 ms away (issue 19), in ONE run: every figure beside its ceiling over the same link.
 
     python3 bench/netem.py [--cases 9000] [--seq-seconds 60] [--big 1G] [--bin DIR]
-                           [--set KEY=VALUE]… [--also KEY=VALUE]… [--only=dsb]
+                           [--set KEY=VALUE]… [--also KEY=VALUE]… [--curl-parallel N] [--only=dsb]
 
 The link is bench/netem_link.py (user space: this kernel has no sch_netem) in front of
 fake-hubee: 20 ms ± 5 ms each way, 0.2 % of segments lost (a 200 ms retransmission stall each).
@@ -158,7 +158,9 @@ def main():
     size = 100 * 1024
     if "d" in ONLY:
         s = Setup(CASES, 3, "100K")
-        par = min(64, effective("max_parallel_cases", 16) * effective("max_parallel_downloads", 4))
+        # As many curls as connections hubee-sync may use for files (cases × downloads, ≤ 64),
+        # or --curl-parallel N (e.g. max_parallel_downloads: the files it fetches at once).
+        par = int(arg("--curl-parallel", min(64, effective("max_parallel_cases", 16) * 4)))
         n, tc = curl_ceiling(s, par)
         s.stop()
         for extra in [[]] + ([ALSO] if ALSO else []):
