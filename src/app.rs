@@ -11,15 +11,13 @@ use crate::config::{Delivery, Schedule, Settings, StateUrl, Subscription};
 use crate::deliver::Spool;
 use crate::hubee::{HubClient, HubConfig, RetryPolicy};
 use crate::outbox::{OutboxReport, PassOptions};
-use crate::state::{Location, StateDb};
-use crate::sync::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};
+use crate::shutdown::Shutdown;
+use crate::state::StateDb;
+use crate::sync::{run_cycle, CycleReport, Progress, SubscriptionCtx};
 use std::sync::Arc;
 
-/// Exit codes (CONTRACT, "Exit codes and errors").
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 64;
-pub const EXIT_CONFIG: u8 = 78;
+/// Exit codes (CONTRACT, "Exit codes and errors"), kept here too for `main.rs`.
+pub use crate::exit::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
 pub fn hub_config(settings: &Settings) -> HubConfig {
     let h = &settings.hub;
@@ -40,12 +38,7 @@ pub fn hub_config(settings: &Settings) -> HubConfig {
     }
 }
 
-pub fn state_location(settings: &Settings) -> Location {
-    match &settings.state.url {
-        StateUrl::Sqlite(p) => Location::Sqlite(p.clone()),
-        StateUrl::Postgres(s) => Location::Postgres(s.expose().to_string()),
-    }
-}
+pub use crate::state::state_location;
 
 /// Who holds a subscription's lock, for `status` and for a second process.
 pub fn holder_description(command: &str) -> String {

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::shutdown::Shutdown;
 use crate::state::{ClusterView, StateDb};
-use crate::sync::Shutdown;
 
 /// The unit under which one node sends the digests and alerts (not a subscription name:
 /// those are `[a-z0-9_-]+`).

@@ -12,6 +12,7 @@
 //! problem found (file, key, what is wrong, what to do), as `hubee-sync validate` prints them
 //! (exit status [`EX_CONFIG`]). No error ever holds a secret.
 
+pub mod cron;
 mod duration;
 mod error;
 pub mod inputs;

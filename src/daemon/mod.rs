@@ -10,7 +10,6 @@
 //! Stopping is an input, as in mini-redis: [`run`] takes a channel of [`Control`]s, which the
 //! binary feeds from SIGTERM/SIGINT/SIGHUP and tests feed themselves.
 
-pub mod schedule;
 pub mod signals;
 pub mod task;
 
@@ -21,14 +20,16 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::app::{self, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
+use crate::app;
 use crate::config::{Settings, Subscription};
+use crate::exit::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::hubee::HubClient;
+use crate::shutdown::Shutdown;
 use crate::state::StateDb;
-use crate::sync::{run_cycle, Shutdown, SubscriptionCtx};
+use crate::sync::{run_cycle, SubscriptionCtx};
 use crate::systemd::notify::Notifier;
 
-use schedule::Timing;
+use crate::config::cron::{self as schedule, Timing};
 pub use task::{Cycle, Task};
 
 /// How long a stop waits for running cycles before exiting anyway.

@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Delivery, Settings};
 use crate::hubee::HubClient;
+use crate::shutdown::Shutdown;
 use crate::state::StateDb;
-use crate::sync::{Shutdown, SubscriptionCtx};
+use crate::sync::SubscriptionCtx;
 
 use super::files::OutboxDirs;
 use super::PassOptions;

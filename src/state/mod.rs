@@ -43,6 +43,14 @@ impl std::fmt::Debug for Location {
     }
 }
 
+/// Where the configuration says the state database lives.
+pub fn state_location(settings: &crate::config::Settings) -> Location {
+    match &settings.state.url {
+        crate::config::StateUrl::Sqlite(p) => Location::Sqlite(p.clone()),
+        crate::config::StateUrl::Postgres(s) => Location::Postgres(s.expose().to_string()),
+    }
+}
+
 /// A database URL with its password hidden.
 pub fn redact(url: &str) -> String {
     match url::Url::parse(url) {
