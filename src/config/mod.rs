@@ -15,6 +15,7 @@
 pub mod cron;
 mod duration;
 mod error;
+mod hub;
 pub mod inputs;
 pub mod raw;
 mod schedule;
@@ -27,6 +28,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
+pub use hub::hub_config;
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretError, SecretSource};
 pub use settings::{

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::app;
 use crate::config::{Settings, Subscription};
 use crate::exit::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::hubee::HubClient;
@@ -64,7 +63,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let state = match StateDb::open(&app::state_location(&settings)).await {
+    let state = match StateDb::open(&crate::state::state_location(&settings)).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -72,7 +71,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let client = match HubClient::new(app::hub_config(&settings)) {
+    let client = match HubClient::new(crate::config::hub_config(&settings)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -103,7 +102,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         client,
         state: state.clone(),
         permits: Arc::new(Semaphore::new(1)),
-        holder: app::holder_description("run"),
+        holder: crate::state::holder_description("run"),
         board: board.clone(),
         notifier: notifier.clone(),
         tasks: Vec::new(),
@@ -735,7 +734,7 @@ impl SubscriptionWork {
             let Some(sub) = settings.subscriptions.iter().find(|s| s.name == self.name) else {
                 return; // removed by a reload; the task is retiring
             };
-            match app::subscription_ctx(
+            match crate::sync::subscription_ctx(
                 &settings,
                 sub,
                 &self.client,
@@ -776,7 +775,7 @@ impl SubscriptionWork {
                 .read()
                 .map(|s| s.clone())
                 .unwrap_or_else(|p| p.into_inner().clone());
-            let opts = app::outbox_options(&settings, &self.name);
+            let opts = crate::outbox::outbox_options(&settings, &self.name);
             crate::outbox::run_pass(ctx, &self.holder, opts).await;
         }
     }

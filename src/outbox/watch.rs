@@ -215,7 +215,7 @@ async fn service(inputs: ServiceInputs, stop: Shutdown) {
                 continue;
             }
             if !ctxs.contains_key(&name) {
-                match crate::app::subscription_ctx(
+                match crate::sync::subscription_ctx(
                     &settings,
                     sub,
                     &inputs.client,

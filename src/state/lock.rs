@@ -14,6 +14,17 @@ use std::path::Path;
 use sha2::Digest;
 use sqlx::{AnyPool, Row};
 
+/// Who holds a subscription's lock, for `status` and for a second process.
+pub fn holder_description(command: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "pid {} on {host} (hubee-sync {command})",
+        std::process::id()
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("subscription {subscription} is being worked by another process ({holder}); wait for it to finish, or stop it (systemctl stop hubee-sync) before running this command")]

@@ -24,7 +24,7 @@ use sqlx::{AnyPool, Executor, Row};
 
 pub use digest::{AlertRecord, DigestCursor, OpenWork, SubscriptionHealth};
 pub use lease::{ClusterView, LeaseRow, NodeRow};
-pub use lock::{LockError, SubscriptionLock};
+pub use lock::{holder_description, LockError, SubscriptionLock};
 
 /// Where the state database lives.
 #[derive(Clone)]

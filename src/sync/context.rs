@@ -1,11 +1,13 @@
 //! What every step of a subscription's cycle shares: the subscription's context, the
 //! per-notification error, progress counters and the activity journal's recorder.
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::config::{Delivery, Settings, Subscription};
 use crate::deliver::{Spool, SpoolError};
 use crate::hubee::status::CaseStatus;
-use crate::hubee::{HubError, HubSession};
+use crate::hubee::{HubClient, HubError, HubSession};
 use crate::shutdown::Shutdown;
 use crate::state::{DeliveryRow, StateDb, StateError};
 
@@ -155,4 +157,55 @@ pub(crate) fn log_acknowledged(ctx: &SubscriptionCtx, row: &DeliveryRow) {
         &row.external_id,
         row.notification_id.as_deref().unwrap_or(""),
     );
+}
+
+/// Builds what a cycle needs. Errors name the subscription and what to do.
+pub fn subscription_ctx(
+    settings: &Settings,
+    sub: &Subscription,
+    client: &HubClient,
+    state: &StateDb,
+    shutdown: Shutdown,
+    progress: Arc<Progress>,
+) -> Result<SubscriptionCtx, String> {
+    let secret = sub
+        .secret
+        .load()
+        .map_err(|e| format!("subscription {}: {e}", sub.name))?;
+    let spool = match &sub.delivery {
+        Delivery::Spool { path, group } => Spool::open(path, group.as_deref())
+            .map_err(|e| format!("subscription {}: {e}", sub.name))?,
+        Delivery::Database { spool, group, .. } => Spool::open(spool, group.as_deref())
+            .map_err(|e| format!("subscription {}: {e}", sub.name))?,
+    };
+    let database_url = match &sub.delivery {
+        Delivery::Database { url, .. } => Some(url.expose().to_string()),
+        Delivery::Spool { .. } => None,
+    };
+    Ok(SubscriptionCtx {
+        name: sub.name.clone(),
+        process_code: sub.process_code.clone(),
+        receipt_status: sub.receipt_status,
+        session: match state.cluster() {
+            // Several nodes: every change on the hub first checks this node's lease.
+            Some(cluster) => client
+                .session(&sub.client_id, secret.expose())
+                .with_fence(cluster.fence(&sub.name)),
+            None => client.session(&sub.client_id, secret.expose()),
+        },
+        spool,
+        state: state.clone(),
+        max_parallel_downloads: settings.hub.max_parallel_downloads,
+        downloads: tokio::sync::Semaphore::new(settings.hub.max_parallel_downloads.max(1)),
+        max_parallel_cases: settings.hub.max_parallel_cases,
+        sequences: Default::default(),
+        download_attempts: settings.hub.download_attempts,
+        retry_base_delay: settings.hub.retry_base_delay,
+        author: settings.hub.editor_name.clone(),
+        shutdown,
+        quarantine_after: sub.quarantine_after,
+        progress,
+        database_url,
+        database: tokio::sync::OnceCell::new(),
+    })
 }

@@ -28,5 +28,5 @@ pub mod sequence;
 pub mod transition;
 
 pub use crate::shutdown::Shutdown;
-pub use context::{ItemError, Progress, SubscriptionCtx};
+pub use context::{subscription_ctx, ItemError, Progress, SubscriptionCtx};
 pub use cycle::{run_cycle, CycleReport};
