@@ -195,7 +195,7 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
     if let Some(t) = lease_task {
         let _ = t.await;
     }
-    if let Some(cluster) = state.cluster() {
+    if let Some(cluster) = crate::cluster::Cluster::of(&state) {
         cluster.leave(&state).await;
     }
     state.close().await;

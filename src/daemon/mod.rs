@@ -93,7 +93,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
     };
 
     let board = Arc::new(Board::default());
-    board.set_cluster(state.cluster().cloned());
+    board.set_cluster(crate::cluster::Cluster::of(&state));
     // Email (digests, alerts): its own tasks; each cycle's end pokes the alert check.
     let cycle_done = Arc::new(Notify::new());
     let mut fleet = Fleet {
@@ -110,7 +110,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         cycle_done: cycle_done.clone(),
         outbox_stop: None,
     };
-    let manager = state.cluster().map(|cluster| {
+    let manager = crate::cluster::Cluster::of(&state).map(|cluster| {
         let shared = fleet.shared.clone();
         let (board, notifier) = (board.clone(), notifier.clone());
         crate::cluster::spawn_manager(
@@ -173,7 +173,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
     if let Some(m) = manager {
         let _ = m.await;
     }
-    if let Some(cluster) = state.cluster() {
+    if let Some(cluster) = crate::cluster::Cluster::of(&state) {
         // Whatever the ending, nothing of ours runs any more: the others take over at once.
         cluster.leave(&state).await;
     } else {
@@ -466,7 +466,7 @@ impl Fleet {
             self.permits.clone(),
             (stop, shutdown),
             work,
-            self.state.cluster().map(|c| c.waker(&sub.name)),
+            crate::cluster::Cluster::of(&self.state).map(|c| c.waker(&sub.name)),
         );
         self.tasks.push((sub.clone(), task));
     }
@@ -716,7 +716,7 @@ impl Cycle for SubscriptionWork {
 
 impl SubscriptionWork {
     async fn cycle(&mut self) {
-        if let Some(cluster) = self.state.cluster() {
+        if let Some(cluster) = crate::cluster::Cluster::of(&self.state) {
             if !cluster.holds(&self.name) {
                 // Another node's (or nobody's yet): this node's lease manager wakes this
                 // task when it takes the subscription.

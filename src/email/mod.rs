@@ -502,9 +502,7 @@ pub fn spawn(
 
 /// Several nodes: one of them, the holder of the mail lease, sends digests and alerts.
 fn sends_mail(state: &StateDb) -> bool {
-    state
-        .cluster()
-        .is_none_or(|c| c.holds(crate::cluster::MAIL_UNIT))
+    crate::cluster::Cluster::of(state).is_none_or(|c| c.holds(crate::cluster::MAIL_UNIT))
 }
 
 async fn digest_loop(

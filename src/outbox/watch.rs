@@ -200,7 +200,7 @@ async fn service(inputs: ServiceInputs, stop: Shutdown) {
         }
         let mut runnable = Vec::new();
         for name in due {
-            if let Some(cluster) = inputs.state.cluster() {
+            if let Some(cluster) = crate::cluster::Cluster::of(&inputs.state) {
                 if !cluster.holds(&name) {
                     continue; // another node's replies (several nodes on one PostgreSQL)
                 }

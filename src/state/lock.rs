@@ -48,7 +48,7 @@ pub struct SubscriptionLock {
 enum Inner {
     File(#[allow(dead_code)] File),
     /// Under a cluster: the lease's working guard (the cycle's epoch; dropped at the end).
-    Lease(#[allow(dead_code)] crate::cluster::WorkGuard),
+    Lease(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>),
     Advisory(Option<sqlx::pool::PoolConnection<sqlx::Any>>, i64),
 }
 
@@ -97,10 +97,10 @@ impl SubscriptionLock {
     }
 
     pub(super) fn lease(
-        cluster: &std::sync::Arc<crate::cluster::Cluster>,
+        cluster: &std::sync::Arc<dyn super::Leases>,
         subscription: &str,
     ) -> Result<Self, LockError> {
-        match cluster.begin_work(subscription) {
+        match cluster.clone().work_guard(subscription) {
             Ok(guard) => Ok(SubscriptionLock {
                 inner: Inner::Lease(guard),
             }),

@@ -7,6 +7,7 @@
 mod commit;
 mod digest;
 pub mod lease;
+mod leases;
 mod lock;
 pub mod outbox;
 mod schema;
@@ -15,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::cluster::Cluster;
 pub(crate) use commit::Stmt;
 use commit::{Committer, Outcome};
 
@@ -24,6 +24,7 @@ use sqlx::{AnyPool, Executor, Row};
 
 pub use digest::{AlertRecord, DigestCursor, OpenWork, SubscriptionHealth};
 pub use lease::{ClusterView, LeaseRow, NodeRow};
+pub use leases::Leases;
 pub use lock::{holder_description, LockError, SubscriptionLock};
 
 /// Where the state database lives.
@@ -310,7 +311,7 @@ pub struct StateDb {
     lock_dir: Option<PathBuf>,
     /// Several nodes on PostgreSQL: this process's leases. Then a subscription is worked
     /// only under its lease, and progress is written only in a transaction that checks it.
-    cluster: Option<Arc<Cluster>>,
+    cluster: Option<Arc<dyn Leases>>,
     /// SQLite: the group commit of progress writes (see `commit.rs`).
     committer: Option<Committer>,
 }
@@ -401,14 +402,16 @@ impl StateDb {
     }
 
     /// The same database, working under `cluster`'s leases (PostgreSQL only).
-    pub fn with_cluster(&self, cluster: Arc<Cluster>) -> StateDb {
+    pub fn with_cluster(&self, cluster: Arc<dyn Leases>) -> StateDb {
         StateDb {
             cluster: Some(cluster),
             ..self.clone()
         }
     }
 
-    pub fn cluster(&self) -> Option<&Arc<Cluster>> {
+    /// The lease holder this database works under, if any (`cluster::Cluster::of` gives
+    /// the cluster itself).
+    pub fn leases(&self) -> Option<&Arc<dyn Leases>> {
         self.cluster.as_ref()
     }
 

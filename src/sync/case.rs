@@ -371,7 +371,7 @@ pub(super) async fn note_event_refused(
     reached: bool,
     target: CaseStatus,
 ) -> Result<(), ItemError> {
-    crate::events::receipt_event_refused(&ctx.name, case_id, cap, error, status);
+    crate::events::receipt_event_refused(&ctx.name, case_id, cap, error, &status);
     if let Some(d) = detail.as_object_mut() {
         d.insert("cap".into(), cap.into());
         d.insert("status".into(), status.as_str().into());

@@ -186,7 +186,7 @@ pub fn subscription_ctx(
         name: sub.name.clone(),
         process_code: sub.process_code.clone(),
         receipt_status: sub.receipt_status,
-        session: match state.cluster() {
+        session: match crate::cluster::Cluster::of(state) {
             // Several nodes: every change on the hub first checks this node's lease.
             Some(cluster) => client
                 .session(&sub.client_id, secret.expose())

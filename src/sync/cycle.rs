@@ -46,6 +46,21 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
+    /// What the cycle's journal line says.
+    pub fn summary(&self) -> crate::events::CycleSummary<'_> {
+        crate::events::CycleSummary {
+            subscription: &self.subscription,
+            received: self.received,
+            acknowledged: self.acknowledged,
+            failed: self.failures.len(),
+            waiting: self.waiting,
+            parked: self.parked,
+            quarantined: self.quarantined,
+            fatal: self.fatal.as_deref(),
+            first_error: self.failures.first().map(|f| f.error.as_str()),
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.fatal.is_none() && self.failures.is_empty()
     }
@@ -75,7 +90,11 @@ pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
         report.fatal = Some(e);
     }
     ctx.sequences.give_back(&ctx.state, &ctx.name).await;
-    crate::events::cycle_done(&report, started.elapsed(), ctx.shutdown.is_requested());
+    crate::events::cycle_done(
+        &report.summary(),
+        started.elapsed(),
+        ctx.shutdown.is_requested(),
+    );
     let outcome_error = report.fatal.clone().or_else(|| {
         report.failures.first().map(|f| {
             format!(
