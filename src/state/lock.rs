@@ -179,3 +179,39 @@ fn advisory_key(subscription: &str) -> i64 {
     b.copy_from_slice(&h[..8]);
     i64::from_be_bytes(b)
 }
+impl super::StateDb {
+    /// Takes the subscription's lock: one process works a subscription at a time.
+    pub async fn lock_subscription(
+        &self,
+        subscription: &str,
+        holder: &str,
+    ) -> Result<SubscriptionLock, LockError> {
+        let guard = match (&self.lock_dir, &self.cluster) {
+            (Some(dir), _) => SubscriptionLock::file(dir, subscription, holder)?,
+            // Under a cluster the lease replaces the advisory lock: a session lock would
+            // outlive a paused process and block the takeover.
+            (None, Some(cluster)) => SubscriptionLock::lease(cluster, subscription)?,
+            (None, None) => SubscriptionLock::advisory(&self.pool, subscription, holder).await?,
+        };
+        let _ = sqlx::query(
+            "INSERT INTO subscription_state (subscription, holder, held_since) VALUES ($1, $2, $3)
+             ON CONFLICT (subscription) DO UPDATE SET holder = $2, held_since = $3",
+        )
+        .bind(subscription)
+        .bind(holder)
+        .bind(super::now_ms())
+        .execute(&self.pool)
+        .await;
+        Ok(guard)
+    }
+
+    /// Clears the holder shown by `status` after a lock is released.
+    pub async fn clear_holder(&self, subscription: &str) {
+        let _ = sqlx::query(
+            "UPDATE subscription_state SET holder = NULL, held_since = NULL WHERE subscription = $1",
+        )
+        .bind(subscription)
+        .execute(&self.pool)
+        .await;
+    }
+}
