@@ -29,6 +29,8 @@ command -v ip >/dev/null || { apt-get update -qq && apt-get install -y -qq iprou
     && { systemctl disable --now tinyproxy 2>/dev/null || true; }; } \
     || echo "test.sh: no tinyproxy: the proxy test will skip" >&2
 export HUBEE_TEST_PG_URL="${HUBEE_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+# No import circle and no upward arrow between the crate's rooms (README "Design").
+python3 scripts/check-imports.py --strict
 cargo test --locked --workspace
 # The receipt, event, outbox, crash, fault and recovery tests once more against the hub of the
 # documents, where only PATCH moves a case (fake-hubee's HubBehaviour::patch_only; the first

@@ -12,8 +12,10 @@
 //! problem found (file, key, what is wrong, what to do), as `hubee-sync validate` prints them
 //! (exit status [`EX_CONFIG`]). No error ever holds a secret.
 
+pub mod cron;
 mod duration;
 mod error;
+mod hub;
 pub mod inputs;
 pub mod raw;
 mod schedule;
@@ -21,11 +23,13 @@ mod secret;
 pub mod settings;
 mod suggest;
 mod transliterate;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
+pub use hub::hub_config;
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretError, SecretSource};
 pub use settings::{
@@ -35,7 +39,7 @@ pub use settings::{
 pub use transliterate::to_ascii;
 
 use error::Collector;
-use settings::Env;
+use validate::Env;
 
 /// Exit status for a bad configuration (sysexits.h `EX_CONFIG`).
 pub const EX_CONFIG: i32 = 78;
@@ -61,7 +65,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
 fn load_with(path: &Path, env: &Env) -> Result<Settings, ConfigErrors> {
     let mut errors = Collector::default();
     let settings =
-        inputs::read(path, &mut errors).and_then(|i| settings::validate(i, env, &mut errors));
+        inputs::read(path, &mut errors).and_then(|i| validate::validate(i, env, &mut errors));
     match settings {
         Some(s) if errors.is_empty() => Ok(s),
         _ => Err(errors.into_errors()),

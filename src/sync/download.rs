@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::deliver::{PendingEntry, WrittenFile};
 use crate::hubee::{Download, HubError, HubSession};
 
-use super::cycle::{Progress, Shutdown};
+use super::context::Progress;
+use crate::shutdown::Shutdown;
 
 /// Which file to fetch.
 pub struct FileRef<'a> {
