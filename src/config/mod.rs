@@ -15,6 +15,7 @@
 mod duration;
 mod error;
 pub mod inputs;
+pub mod metrics;
 pub mod raw;
 mod schedule;
 mod secret;

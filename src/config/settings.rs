@@ -31,6 +31,8 @@ pub struct Settings {
     pub state: StateSettings,
     /// `None` when there is no `[email]` section: no digest, no alert mail.
     pub email: Option<EmailSettings>,
+    /// `None` when there is no `[metrics]` section: nothing is served.
+    pub metrics: Option<super::metrics::MetricsSettings>,
     /// In file order: the main file's first, then each included file's, files sorted by name.
     pub subscriptions: Vec<Subscription>,
 }
@@ -295,6 +297,7 @@ pub(crate) fn validate(inputs: Inputs, env: &Env, errors: &mut Collector) -> Opt
         Some(e) => validate_email(e, &main, &inputs.dir, errors).map(Some),
         None => Some(None),
     };
+    let metrics = super::metrics::validate(&inputs.metrics, &main, errors);
     let mut subscriptions = Vec::new();
     let mut names: HashMap<String, (PathBuf, String)> = HashMap::new();
     for sub in &inputs.subscriptions {
@@ -331,6 +334,7 @@ pub(crate) fn validate(inputs: Inputs, env: &Env, errors: &mut Collector) -> Opt
             lease_ttl: lease_ttl?,
         },
         email: email?,
+        metrics: metrics?,
         subscriptions,
     })
 }

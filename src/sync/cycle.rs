@@ -193,6 +193,21 @@ impl ItemError {
             _ => false,
         }
     }
+
+    /// For `hubee_sync_items_failed_total{kind}`: the hub's doing, this machine's, or what
+    /// the hub sent did not verify.
+    pub fn failure_kind(&self) -> crate::metrics::FailureKind {
+        use super::download::DownloadError as D;
+        use crate::metrics::FailureKind::{Hub, Local, Verify};
+        match self {
+            ItemError::Hub { .. } | ItemError::Download(D::Hub(_)) => Hub,
+            ItemError::Refused(_)
+            | ItemError::Download(
+                D::SizeMismatch { .. } | D::DigestMismatch { .. } | D::BadDigest { .. },
+            ) => Verify,
+            _ => Local,
+        }
+    }
 }
 
 /// One failed item, for the report.
@@ -696,6 +711,7 @@ async fn acknowledge(ctx: &SubscriptionCtx, item: &WorkItem, nid: &str) -> Resul
 }
 
 fn fail(report: &mut CycleReport, nid: &str, case_id: Option<&str>, e: &ItemError) {
+    crate::metrics::item_failed(&report.subscription, e.failure_kind());
     report.failures.push(ItemFailure {
         notification_id: nid.to_string(),
         case_id: case_id.map(str::to_string),

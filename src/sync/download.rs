@@ -96,6 +96,7 @@ pub async fn fetch_verified(
                     error = %e,
                     "download failed verification or broke off, retrying"
                 );
+                crate::metrics::hub_retry(session.client_id());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.requested() => return Err(DownloadError::Cancelled),
@@ -249,6 +250,7 @@ pub async fn fetch_into<S: Sink, F: std::future::Future<Output = Result<S, Downl
         crate::crashpoint::point("during_download");
         progress.add_bytes(chunk.len() as u64);
     }
+    crate::metrics::received_bytes(session.client_id(), got);
     if got != file.expected_size {
         return Err(DownloadError::SizeMismatch {
             attachment_id: aid,
