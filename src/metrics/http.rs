@@ -110,13 +110,12 @@ pub fn respond(head: &[u8], version: &'static str) -> Vec<u8> {
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     match path {
-        "/metrics" | "/healthz" if method != "GET" => {
-            let mut r = reply(405, "text/plain; charset=utf-8", "only GET is served\n");
-            // Allow: GET, inserted after the status line.
-            let at = r.windows(2).position(|w| w == b"\r\n").map_or(0, |p| p + 2);
-            r.splice(at..at, b"Allow: GET\r\n".iter().copied());
-            r
-        }
+        "/metrics" | "/healthz" if method != "GET" => reply_with(
+            405,
+            "text/plain; charset=utf-8",
+            "Allow: GET\r\n",
+            "only GET is served\n",
+        ),
         "/metrics" => reply(
             200,
             super::text::CONTENT_TYPE,
@@ -142,6 +141,11 @@ pub fn respond(head: &[u8], version: &'static str) -> Vec<u8> {
 }
 
 fn reply(status: u16, content_type: &str, body: &str) -> Vec<u8> {
+    reply_with(status, content_type, "", body)
+}
+
+/// `extra`: more header lines, each ending in CRLF.
+fn reply_with(status: u16, content_type: &str, extra: &str, body: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         404 => "Not Found",
@@ -151,7 +155,7 @@ fn reply(status: u16, content_type: &str, body: &str) -> Vec<u8> {
         _ => "",
     };
     let mut r = format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n{extra}Content-Length: {}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n",
         body.len()
     )
     .into_bytes();
