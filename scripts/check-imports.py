@@ -5,6 +5,7 @@ higher one (issue 18, README "Design").
 usage: scripts/check-imports.py [--list] [--strict]
 
 Reads every `use crate::…` and `use super::…` line (groups `{a, b::c}` included) of src/,
+and every `crate::…` path written out in the code (comments aside),
 resolves each to the file that defines the module, and prints:
   - every circle between files (a strongly connected set of more than one file);
   - every arrow from a room to a room above it in ROOMS (a lower room must not know a higher
@@ -22,7 +23,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Rooms from the bottom up: a file may use rooms of its own rank or below. Neutral rooms
 # that several rooms share sit at the bottom.
 ROOMS = [
-    ["events", "crashpoint", "exit", "shutdown", "metrics"],
+    ["events", "crashpoint", "exit", "shutdown", "clock", "metrics"],
     ["config", "hubee", "systemd"],
     ["state", "deliver"],
     ["cluster"],
@@ -34,6 +35,9 @@ ROOMS = [
 RANK = {room: i for i, rooms in enumerate(ROOMS) for room in rooms}
 
 USE = re.compile(r"^\s*(?:pub(?:\([^)]*\))?\s+)?use\s+((?:crate|super)::[^;]+);", re.M)
+# A path written out in the code (`crate::events::acknowledged(…)`) is an arrow too.
+INLINE = re.compile(r"\bcrate((?:::[A-Za-z_]\w*)+)")
+COMMENT = re.compile(r"//[^\n]*")
 
 
 def module_of(path):
@@ -113,6 +117,10 @@ def main():
                 t = file_of([p for p in target if p not in ("self", "*")])
                 if t != f:
                     edges.setdefault(f, set()).add(t)
+        for m in INLINE.finditer(COMMENT.sub("", text)):
+            t = file_of(m.group(1).split("::")[1:])
+            if t != f:
+                edges.setdefault(f, set()).add(t)
     rel = lambda p: os.path.relpath(p, os.path.dirname(ROOT))
     # Circles: Tarjan's strongly connected components.
     index, low, stack, on, sccs, counter = {}, {}, [], set(), [], [0]

@@ -26,6 +26,8 @@ command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=nonint
 # mount(2) itself (no libfuse, no fusermount): it needs the fuse module's /dev/fuse.
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || echo "test.sh: no /dev/fuse: the power-cut tests will skip" >&2
 export HUBEE_TEST_PG_URL="${HUBEE_TEST_PG_URL:-postgres://postgres:postgres@127.0.0.1:5432/postgres}"
+# No import circle and no upward arrow between the crate's rooms (README "Design").
+python3 scripts/check-imports.py --strict
 cargo test --locked --workspace
 # The receipt, event, outbox, crash, fault and recovery tests once more against the hub of the
 # documents, where only PATCH moves a case (fake-hubee's HubBehaviour::patch_only; the first

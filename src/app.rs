@@ -7,107 +7,17 @@ use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::config::{Delivery, Schedule, Settings, StateUrl, Subscription};
+use crate::config::{hub_config, Delivery, Schedule, Settings, StateUrl, Subscription};
 use crate::deliver::Spool;
-use crate::hubee::{HubClient, HubConfig, RetryPolicy};
-use crate::outbox::{OutboxReport, PassOptions};
-use crate::state::{Location, StateDb};
-use crate::sync::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};
+use crate::hubee::HubClient;
+use crate::outbox::{outbox_options, OutboxReport};
+use crate::shutdown::Shutdown;
+use crate::state::{holder_description, state_location, StateDb};
+use crate::sync::{run_cycle, subscription_ctx, CycleReport, Progress};
 use std::sync::Arc;
 
-/// Exit codes (CONTRACT, "Exit codes and errors").
-pub const EXIT_OK: u8 = 0;
-pub const EXIT_FAILURE: u8 = 1;
-pub const EXIT_USAGE: u8 = 64;
-pub const EXIT_CONFIG: u8 = 78;
-
-pub fn hub_config(settings: &Settings) -> HubConfig {
-    let h = &settings.hub;
-    HubConfig {
-        api_url: h.api_url.clone(),
-        token_url: h.token_url.clone(),
-        editor_name: h.editor_name_header.clone(),
-        application_name: h.application_name.clone(),
-        software_version: env!("CARGO_PKG_VERSION").to_string(),
-        proxy: h.proxy.clone(),
-        ca_file: h.ca_file.clone(),
-        timeout: h.timeout,
-        retry: RetryPolicy {
-            attempts: h.retry_attempts,
-            base_delay: h.retry_base_delay,
-            max_delay: h.retry_max_delay,
-        },
-    }
-}
-
-pub fn state_location(settings: &Settings) -> Location {
-    match &settings.state.url {
-        StateUrl::Sqlite(p) => Location::Sqlite(p.clone()),
-        StateUrl::Postgres(s) => Location::Postgres(s.expose().to_string()),
-    }
-}
-
-/// Who holds a subscription's lock, for `status` and for a second process.
-pub fn holder_description(command: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
-    format!(
-        "pid {} on {host} (hubee-sync {command})",
-        std::process::id()
-    )
-}
-
-/// Builds what a cycle needs. Errors name the subscription and what to do.
-pub fn subscription_ctx(
-    settings: &Settings,
-    sub: &Subscription,
-    client: &HubClient,
-    state: &StateDb,
-    shutdown: Shutdown,
-    progress: Arc<Progress>,
-) -> Result<SubscriptionCtx, String> {
-    let secret = sub
-        .secret
-        .load()
-        .map_err(|e| format!("subscription {}: {e}", sub.name))?;
-    let spool = match &sub.delivery {
-        Delivery::Spool { path, group } => Spool::open(path, group.as_deref())
-            .map_err(|e| format!("subscription {}: {e}", sub.name))?,
-        Delivery::Database { spool, group, .. } => Spool::open(spool, group.as_deref())
-            .map_err(|e| format!("subscription {}: {e}", sub.name))?,
-    };
-    let database_url = match &sub.delivery {
-        Delivery::Database { url, .. } => Some(url.expose().to_string()),
-        Delivery::Spool { .. } => None,
-    };
-    Ok(SubscriptionCtx {
-        name: sub.name.clone(),
-        process_code: sub.process_code.clone(),
-        receipt_status: sub.receipt_status,
-        session: match state.cluster() {
-            // Several nodes: every change on the hub first checks this node's lease.
-            Some(cluster) => client
-                .session(&sub.client_id, secret.expose())
-                .with_fence(cluster.fence(&sub.name)),
-            None => client.session(&sub.client_id, secret.expose()),
-        },
-        spool,
-        state: state.clone(),
-        max_parallel_downloads: settings.hub.max_parallel_downloads,
-        downloads: tokio::sync::Semaphore::new(settings.hub.max_parallel_downloads.max(1)),
-        max_parallel_cases: settings.hub.max_parallel_cases,
-        sequences: Default::default(),
-        download_attempts: settings.hub.download_attempts,
-        retry_base_delay: settings.hub.retry_base_delay,
-        author: settings.hub.editor_name.clone(),
-        shutdown,
-        quarantine_after: sub.quarantine_after,
-        progress,
-        database_url,
-        database: tokio::sync::OnceCell::new(),
-    })
-}
+/// Exit codes (CONTRACT, "Exit codes and errors"), kept here too for `main.rs`.
+pub use crate::exit::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE};
 
 /// `validate`: every error at once; 0 or 78.
 pub fn validate(path: &std::path::Path) -> ExitCode {
@@ -285,7 +195,7 @@ pub async fn once(settings: Settings, only: &[String]) -> ExitCode {
     if let Some(t) = lease_task {
         let _ = t.await;
     }
-    if let Some(cluster) = state.cluster() {
+    if let Some(cluster) = crate::cluster::Cluster::of(&state) {
         cluster.leave(&state).await;
     }
     state.close().await;
@@ -323,18 +233,6 @@ fn print_report(r: &CycleReport) {
             f.notification_id,
             f.error
         );
-    }
-}
-
-/// What an outbox pass run by a cycle does: it also prunes `sent/` and `failed/`.
-pub fn outbox_options(settings: &Settings, subscription: &str) -> PassOptions {
-    let sub = settings
-        .subscriptions
-        .iter()
-        .find(|s| s.name == subscription);
-    PassOptions {
-        retention: sub.map(|s| s.outbox_retention),
-        give_up_after: sub.map_or(Duration::from_secs(86400), |s| s.quarantine_after),
     }
 }
 

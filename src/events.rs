@@ -212,29 +212,23 @@ pub fn receipt_event_refused(
     sub: &str,
     case_id: &str,
     cap: bool,
-    error: &crate::hubee::HubError,
-    status: crate::hubee::status::CaseStatus,
+    error: &dyn std::fmt::Display,
+    status: &dyn std::fmt::Display,
 ) {
     crate::metrics::receipt_event_refused(sub);
-    if cap {
-        tracing::warn!(
-            message_id = %id::EVENT_REFUSED,
-            subscription = %sub,
-            case_id = %case_id,
-            status = %status,
-            error = %error,
-            "the case has reached HubEE's limit of events: the receipt event could not be posted; the télédossier is delivered and its notification deleted; tell the online service through the HubEE portal if needed"
-        );
+    let what = if cap {
+        "the case has reached HubEE's limit of events: the receipt event could not be posted; the télédossier is delivered and its notification deleted; tell the online service through the HubEE portal if needed"
     } else {
-        tracing::warn!(
-            message_id = %id::EVENT_REFUSED,
-            subscription = %sub,
-            case_id = %case_id,
-            status = %status,
-            error = %error,
-            "the hub refused the receipt event for good: the télédossier is delivered and its notification deleted; check the case in the HubEE portal"
-        );
-    }
+        "the hub refused the receipt event for good: the télédossier is delivered and its notification deleted; check the case in the HubEE portal"
+    };
+    tracing::warn!(
+        message_id = %id::EVENT_REFUSED,
+        subscription = %sub,
+        case_id = %case_id,
+        status = %status,
+        error = %error,
+        "{what}"
+    );
 }
 
 pub fn reopened(sub: &str, case_id: &str, round: i64) {
@@ -258,28 +252,39 @@ pub fn waiting(sub: &str, case_id: &str, external_id: &str, attachment_id: &str)
     );
 }
 
+/// What a cycle did, for its one line (from the cycle's report).
+pub struct CycleSummary<'a> {
+    pub subscription: &'a str,
+    pub received: usize,
+    pub acknowledged: usize,
+    pub failed: usize,
+    pub waiting: usize,
+    pub parked: usize,
+    pub quarantined: usize,
+    /// The failure that stopped the cycle.
+    pub fatal: Option<&'a str>,
+    /// The first item's failure.
+    pub first_error: Option<&'a str>,
+}
+
 /// One line per cycle: counts, and what to do when it failed.
-pub fn cycle_done(r: &crate::sync::CycleReport, took: std::time::Duration, stopping: bool) {
-    crate::metrics::cycle_done(&r.subscription, r.ok(), took);
+pub fn cycle_done(r: &CycleSummary<'_>, took: std::time::Duration, stopping: bool) {
+    crate::metrics::cycle_done(r.subscription, r.fatal.is_none() && r.failed == 0, took);
     let took = format!("{:.1}s", took.as_secs_f64());
-    let (sub, received, acknowledged, failed) = (
-        r.subscription.as_str(),
-        r.received,
-        r.acknowledged,
-        r.failures.len(),
-    );
+    let (sub, received, acknowledged, failed) =
+        (r.subscription, r.received, r.acknowledged, r.failed);
     let (waiting, parked, quarantined) = (r.waiting, r.parked, r.quarantined);
     if stopping && r.fatal.is_none() {
         tracing::info!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,
             failed, took = %took,
             "cycle interrupted by the stop; what it had not acknowledged stays on the hub for the next start");
-    } else if let Some(fatal) = &r.fatal {
+    } else if let Some(fatal) = r.fatal {
         tracing::error!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,
             failed, took = %took, error = %fatal,
             "cycle stopped early; nothing unacknowledged is lost, it is tried again at the next cycle");
-    } else if let Some(first) = r.failures.first() {
+    } else if let Some(first) = r.first_error {
         tracing::warn!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,
-            failed, waiting, parked, quarantined, took = %took, first_error = %first.error,
+            failed, waiting, parked, quarantined, took = %took, first_error = %first,
             "cycle done with failures; failed télédossiers are tried again at the next cycle (`hubee-sync status` lists them)");
     } else {
         tracing::info!(message_id = %id::CYCLE_DONE, subscription = %sub, received, acknowledged,

@@ -16,6 +16,7 @@
 //!   concurrency, signals, drain.
 
 pub mod app;
+pub mod clock;
 pub mod cluster;
 pub mod config;
 pub mod crashpoint;
@@ -23,9 +24,11 @@ pub mod daemon;
 pub mod deliver;
 pub mod email;
 pub mod events;
+pub mod exit;
 pub mod hubee;
 pub mod metrics;
 pub mod outbox;
+pub mod shutdown;
 pub mod state;
 pub mod sync;
 pub mod systemd;

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::state::{ClusterView, StateDb};
-use crate::sync::Shutdown;
+use crate::shutdown::Shutdown;
+use crate::state::{ClusterView, Leases, StateDb};
 
 /// The unit under which one node sends the digests and alerts (not a subscription name:
 /// those are `[a-z0-9_-]+`).
@@ -78,7 +78,40 @@ impl Drop for WorkGuard {
     }
 }
 
+/// The state database checks the leases through this (it does not import the cluster).
+impl Leases for Cluster {
+    fn node(&self) -> &str {
+        Cluster::node(self)
+    }
+    fn instance(&self) -> &str {
+        Cluster::instance(self)
+    }
+    fn working_epoch(&self, subscription: &str) -> Option<i64> {
+        Cluster::working_epoch(self, subscription)
+    }
+    fn mark_lost(&self, subscription: &str, epoch: i64) {
+        Cluster::mark_lost(self, subscription, epoch)
+    }
+    fn work_guard(
+        self: Arc<Self>,
+        subscription: &str,
+    ) -> Result<Box<dyn std::any::Any + Send + Sync>, String> {
+        Cluster::begin_work(&self, subscription)
+            .map(|g| Box::new(g) as Box<dyn std::any::Any + Send + Sync>)
+    }
+    fn as_any(self: Arc<Self>) -> Arc<dyn std::any::Any + Send + Sync> {
+        self
+    }
+}
+
 impl Cluster {
+    /// The cluster `state` works under, if any.
+    pub fn of(state: &StateDb) -> Option<Arc<Cluster>> {
+        state
+            .leases()
+            .and_then(|l| l.clone().as_any().downcast::<Cluster>().ok())
+    }
+
     /// A node of `run` (`balanced`) or a `once` process (it takes only what it names).
     pub fn new(node: &str, ttl: Duration, balanced: bool) -> Arc<Cluster> {
         let pid = i64::from(std::process::id());

@@ -12,8 +12,10 @@
 //! problem found (file, key, what is wrong, what to do), as `hubee-sync validate` prints them
 //! (exit status [`EX_CONFIG`]). No error ever holds a secret.
 
+pub mod cron;
 mod duration;
 mod error;
+mod hub;
 pub mod inputs;
 pub mod metrics;
 pub mod raw;
@@ -27,6 +29,7 @@ use std::path::{Path, PathBuf};
 
 pub use duration::parse_duration;
 pub use error::{ConfigError, ConfigErrors};
+pub use hub::hub_config;
 pub use schedule::Schedule;
 pub use secret::{Secret, SecretError, SecretSource};
 pub use settings::{

@@ -10,7 +10,7 @@ use chrono::Utc;
 use crate::config::Settings;
 use crate::state::StateDb;
 
-use super::schedule::Timing;
+use crate::config::cron::Timing;
 
 /// This build's version, for `hubee_sync_build_info`.
 const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -55,7 +55,7 @@ pub fn configure(settings: &Settings, timings: &[Timing], state: &StateDb) {
             period: period(t),
         })
         .collect();
-    crate::metrics::configure(&subs, state.cluster().is_some());
+    crate::metrics::configure(&subs, crate::cluster::Cluster::of(state).is_some());
 }
 
 /// After a subscription's cycle and its outbox pass: the gauges the state database holds.

@@ -11,7 +11,6 @@
 //! binary feeds from SIGTERM/SIGINT/SIGHUP and tests feed themselves.
 
 pub mod metrics;
-pub mod schedule;
 pub mod signals;
 pub mod task;
 
@@ -22,14 +21,15 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify, Semaphore};
 
-use crate::app::{self, EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::config::{Settings, Subscription};
+use crate::exit::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
 use crate::hubee::HubClient;
+use crate::shutdown::Shutdown;
 use crate::state::StateDb;
-use crate::sync::{run_cycle, Shutdown, SubscriptionCtx};
+use crate::sync::{run_cycle, SubscriptionCtx};
 use crate::systemd::notify::Notifier;
 
-use schedule::Timing;
+use crate::config::cron::{self as schedule, Timing};
 pub use task::{Cycle, Task};
 
 /// How long a stop waits for running cycles before exiting anyway.
@@ -64,7 +64,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             return ExitCode::from(EXIT_CONFIG);
         }
     };
-    let state = match StateDb::open(&app::state_location(&settings)).await {
+    let state = match StateDb::open(&crate::state::state_location(&settings)).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -72,7 +72,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
             return ExitCode::from(EXIT_FAILURE);
         }
     };
-    let client = match HubClient::new(app::hub_config(&settings)) {
+    let client = match HubClient::new(crate::config::hub_config(&settings)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -100,7 +100,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         return ExitCode::from(EXIT_FAILURE);
     }
     let board = Arc::new(Board::default());
-    board.set_cluster(state.cluster().cloned());
+    board.set_cluster(crate::cluster::Cluster::of(&state));
     // Email (digests, alerts): its own tasks; each cycle's end pokes the alert check.
     let cycle_done = Arc::new(Notify::new());
     let mut fleet = Fleet {
@@ -109,7 +109,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         client,
         state: state.clone(),
         permits: Arc::new(Semaphore::new(1)),
-        holder: app::holder_description("run"),
+        holder: crate::state::holder_description("run"),
         board: board.clone(),
         notifier: notifier.clone(),
         tasks: Vec::new(),
@@ -117,7 +117,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         cycle_done: cycle_done.clone(),
         outbox_stop: None,
     };
-    let manager = state.cluster().map(|cluster| {
+    let manager = crate::cluster::Cluster::of(&state).map(|cluster| {
         let shared = fleet.shared.clone();
         let (board, notifier) = (board.clone(), notifier.clone());
         crate::cluster::spawn_manager(
@@ -180,7 +180,7 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
     if let Some(m) = manager {
         let _ = m.await;
     }
-    if let Some(cluster) = state.cluster() {
+    if let Some(cluster) = crate::cluster::Cluster::of(&state) {
         // Whatever the ending, nothing of ours runs any more: the others take over at once.
         cluster.leave(&state).await;
     } else {
@@ -473,7 +473,7 @@ impl Fleet {
             self.permits.clone(),
             (stop, shutdown),
             work,
-            self.state.cluster().map(|c| c.waker(&sub.name)),
+            crate::cluster::Cluster::of(&self.state).map(|c| c.waker(&sub.name)),
         );
         self.tasks.push((sub.clone(), task));
     }
@@ -724,7 +724,7 @@ impl Cycle for SubscriptionWork {
 
 impl SubscriptionWork {
     async fn cycle(&mut self) {
-        if let Some(cluster) = self.state.cluster() {
+        if let Some(cluster) = crate::cluster::Cluster::of(&self.state) {
             if !cluster.holds(&self.name) {
                 // Another node's (or nobody's yet): this node's lease manager wakes this
                 // task when it takes the subscription.
@@ -742,7 +742,7 @@ impl SubscriptionWork {
             let Some(sub) = settings.subscriptions.iter().find(|s| s.name == self.name) else {
                 return; // removed by a reload; the task is retiring
             };
-            match app::subscription_ctx(
+            match crate::sync::subscription_ctx(
                 &settings,
                 sub,
                 &self.client,
@@ -783,7 +783,7 @@ impl SubscriptionWork {
                 .read()
                 .map(|s| s.clone())
                 .unwrap_or_else(|p| p.into_inner().clone());
-            let opts = app::outbox_options(&settings, &self.name);
+            let opts = crate::outbox::outbox_options(&settings, &self.name);
             crate::outbox::run_pass(ctx, &self.holder, opts).await;
         }
         metrics::after_cycle(&self.state, &self.name).await;

@@ -9,18 +9,14 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinHandle;
 
-use super::schedule::Timing;
-use crate::sync::Shutdown;
-
-/// Longest single sleep while waiting for a cron tick: the wall clock is read again after
-/// it, so a clock step or a suspended machine delays a tick by at most this much.
-const MAX_NAP: Duration = Duration::from_secs(30);
+use crate::clock::sleep_until_wall;
+use crate::config::cron::Timing;
+use crate::shutdown::Shutdown;
 
 /// One cycle of one subscription.
 pub trait Cycle: Send + 'static {
@@ -171,7 +167,7 @@ async fn schedule_loop(
                     stop.requested().await;
                     return;
                 };
-                tracing::debug!(subscription = %name, next = %at.with_timezone(&super::schedule::ZONE), "next cycle");
+                tracing::debug!(subscription = %name, next = %at.with_timezone(&crate::config::cron::ZONE), "next cycle");
                 tokio::select! {
                     _ = stop.requested() => return,
                     _ = sleep_until_wall(at) => {}
@@ -182,20 +178,11 @@ async fn schedule_loop(
     }
 }
 
-/// Sleeps until the wall clock reaches `at`, reading it again at least every [`MAX_NAP`].
-pub(crate) async fn sleep_until_wall(at: DateTime<Utc>) {
-    while let Ok(left) = (at - Utc::now()).to_std() {
-        if left.is_zero() {
-            return;
-        }
-        tokio::time::sleep(left.min(MAX_NAP)).await;
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::sync::Mutex;
+    use std::time::Duration;
     use tokio::time::Instant;
 
     /// Which cycle ran, from when to when.
@@ -387,7 +374,7 @@ mod tests {
             max_busy: b.max_busy.clone(),
             shutdown: None,
         };
-        let timing = Timing::Cron(super::super::schedule::Cron::parse("0 0 0 1 1 ? 2099").unwrap());
+        let timing = Timing::Cron(crate::config::cron::Cron::parse("0 0 0 1 1 ? 2099").unwrap());
         let mut t = Task::spawn("cron".into(), timing, permits, (tx, shutdown), cycle);
         tokio::time::sleep(Duration::from_secs(3600)).await;
         assert_eq!(b.runs_of("cron").len(), 1, "only the catch-up cycle");

@@ -32,8 +32,8 @@ use chrono::Utc;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
+use crate::config::cron::Cron;
 use crate::config::{Delivery, EmailSettings, Settings};
-use crate::daemon::schedule::Cron;
 use crate::state::{now_ms, Activity, StateDb, StateError};
 use digest::{Digest, DigestInput, SubscriptionInfo};
 use lists::RecipientList;
@@ -335,7 +335,7 @@ pub async fn evaluate_alerts(
 /// sends them now and moves their cursors. 0, or 1 if a digest could not be sent; 78
 /// without an `[email]` section.
 pub async fn digest_command(settings: &Settings, send: bool, html: bool) -> ExitCode {
-    use crate::app::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
+    use crate::exit::{EXIT_CONFIG, EXIT_FAILURE, EXIT_OK};
     let Some(email) = &settings.email else {
         eprintln!(
             "{}: there is no [email] section, so there is no digest; add one with smtp_url, from and to (see README \"Email digests and alerts\")",
@@ -354,7 +354,7 @@ pub async fn digest_command(settings: &Settings, send: bool, html: bool) -> Exit
     } else {
         None
     };
-    let state = match StateDb::open(&crate::app::state_location(settings)).await {
+    let state = match StateDb::open(&crate::state::state_location(settings)).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -502,9 +502,7 @@ pub fn spawn(
 
 /// Several nodes: one of them, the holder of the mail lease, sends digests and alerts.
 fn sends_mail(state: &StateDb) -> bool {
-    state
-        .cluster()
-        .is_none_or(|c| c.holds(crate::cluster::MAIL_UNIT))
+    crate::cluster::Cluster::of(state).is_none_or(|c| c.holds(crate::cluster::MAIL_UNIT))
 }
 
 async fn digest_loop(
@@ -519,10 +517,10 @@ async fn digest_loop(
             tracing::warn!(schedule = %email.digest_schedule, "the digest schedule never fires again: no more digests until the configuration changes");
             return;
         };
-        tracing::info!(next = %at.with_timezone(&crate::daemon::schedule::ZONE), server = %mailer.server(), "next digest");
+        tracing::info!(next = %at.with_timezone(&crate::config::cron::ZONE), server = %mailer.server(), "next digest");
         tokio::select! {
             _ = stop.requested() => return,
-            _ = crate::daemon::task::sleep_until_wall(at) => {}
+            _ = crate::clock::sleep_until_wall(at) => {}
         }
         if !sends_mail(&state) {
             tracing::info!("digest time: another node holds the mail and sends the digests");

@@ -5,7 +5,7 @@
 
 use chrono::TimeZone;
 
-use crate::daemon::schedule::ZONE;
+use crate::config::cron::ZONE;
 
 /// A message body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

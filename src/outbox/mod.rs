@@ -46,6 +46,18 @@ pub struct PassOptions {
     pub give_up_after: Duration,
 }
 
+/// What an outbox pass run by a cycle does: it also prunes `sent/` and `failed/`.
+pub fn outbox_options(settings: &crate::config::Settings, subscription: &str) -> PassOptions {
+    let sub = settings
+        .subscriptions
+        .iter()
+        .find(|s| s.name == subscription);
+    PassOptions {
+        retention: sub.map(|s| s.outbox_retention),
+        give_up_after: sub.map_or(Duration::from_secs(86400), |s| s.quarantine_after),
+    }
+}
+
 /// What a pass did, for `once`'s report and the logs.
 #[derive(Debug, Default, Clone)]
 pub struct OutboxReport {

@@ -22,8 +22,9 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Delivery, Settings};
 use crate::hubee::HubClient;
+use crate::shutdown::Shutdown;
 use crate::state::StateDb;
-use crate::sync::{Shutdown, SubscriptionCtx};
+use crate::sync::SubscriptionCtx;
 
 use super::files::OutboxDirs;
 use super::PassOptions;
@@ -199,7 +200,7 @@ async fn service(inputs: ServiceInputs, stop: Shutdown) {
         }
         let mut runnable = Vec::new();
         for name in due {
-            if let Some(cluster) = inputs.state.cluster() {
+            if let Some(cluster) = crate::cluster::Cluster::of(&inputs.state) {
                 if !cluster.holds(&name) {
                     continue; // another node's replies (several nodes on one PostgreSQL)
                 }
@@ -214,7 +215,7 @@ async fn service(inputs: ServiceInputs, stop: Shutdown) {
                 continue;
             }
             if !ctxs.contains_key(&name) {
-                match crate::app::subscription_ctx(
+                match crate::sync::subscription_ctx(
                     &settings,
                     sub,
                     &inputs.client,

@@ -14,6 +14,17 @@ use std::path::Path;
 use sha2::Digest;
 use sqlx::{AnyPool, Row};
 
+/// Who holds a subscription's lock, for `status` and for a second process.
+pub fn holder_description(command: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "pid {} on {host} (hubee-sync {command})",
+        std::process::id()
+    )
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error("subscription {subscription} is being worked by another process ({holder}); wait for it to finish, or stop it (systemctl stop hubee-sync) before running this command")]
@@ -37,7 +48,7 @@ pub struct SubscriptionLock {
 enum Inner {
     File(#[allow(dead_code)] File),
     /// Under a cluster: the lease's working guard (the cycle's epoch; dropped at the end).
-    Lease(#[allow(dead_code)] crate::cluster::WorkGuard),
+    Lease(#[allow(dead_code)] Box<dyn std::any::Any + Send + Sync>),
     Advisory(Option<sqlx::pool::PoolConnection<sqlx::Any>>, i64),
 }
 
@@ -86,10 +97,10 @@ impl SubscriptionLock {
     }
 
     pub(super) fn lease(
-        cluster: &std::sync::Arc<crate::cluster::Cluster>,
+        cluster: &std::sync::Arc<dyn super::Leases>,
         subscription: &str,
     ) -> Result<Self, LockError> {
-        match cluster.begin_work(subscription) {
+        match cluster.clone().work_guard(subscription) {
             Ok(guard) => Ok(SubscriptionLock {
                 inner: Inner::Lease(guard),
             }),
@@ -167,4 +178,40 @@ fn advisory_key(subscription: &str) -> i64 {
     let mut b = [0u8; 8];
     b.copy_from_slice(&h[..8]);
     i64::from_be_bytes(b)
+}
+impl super::StateDb {
+    /// Takes the subscription's lock: one process works a subscription at a time.
+    pub async fn lock_subscription(
+        &self,
+        subscription: &str,
+        holder: &str,
+    ) -> Result<SubscriptionLock, LockError> {
+        let guard = match (&self.lock_dir, &self.cluster) {
+            (Some(dir), _) => SubscriptionLock::file(dir, subscription, holder)?,
+            // Under a cluster the lease replaces the advisory lock: a session lock would
+            // outlive a paused process and block the takeover.
+            (None, Some(cluster)) => SubscriptionLock::lease(cluster, subscription)?,
+            (None, None) => SubscriptionLock::advisory(&self.pool, subscription, holder).await?,
+        };
+        let _ = sqlx::query(
+            "INSERT INTO subscription_state (subscription, holder, held_since) VALUES ($1, $2, $3)
+             ON CONFLICT (subscription) DO UPDATE SET holder = $2, held_since = $3",
+        )
+        .bind(subscription)
+        .bind(holder)
+        .bind(super::now_ms())
+        .execute(&self.pool)
+        .await;
+        Ok(guard)
+    }
+
+    /// Clears the holder shown by `status` after a lock is released.
+    pub async fn clear_holder(&self, subscription: &str) {
+        let _ = sqlx::query(
+            "UPDATE subscription_state SET holder = NULL, held_since = NULL WHERE subscription = $1",
+        )
+        .bind(subscription)
+        .execute(&self.pool)
+        .await;
+    }
 }

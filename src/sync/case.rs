@@ -10,7 +10,7 @@ use crate::hubee::status::{receipt_plan, CaseStatus, ReceiptPlan};
 use crate::hubee::HubError;
 use crate::state::{DeliveryKey, DeliveryRow, Stage};
 
-use super::cycle::{ItemError, SubscriptionCtx};
+use super::context::{ItemError, SubscriptionCtx};
 use super::entry::{self, EntrySource, Publication};
 use super::transition::{change_status, Change, ChangeError, Moved};
 
@@ -193,7 +193,7 @@ async fn deliver_round(
     let mut outcome = CaseOutcome::AlreadyDelivered;
     if row.as_ref().is_none_or(|r| r.stage < Stage::Published) {
         match &row {
-            Some(r) => super::cycle::recover_intent(ctx, r).await?,
+            Some(r) => super::publish::recover_intent(ctx, r).await?,
             None => {
                 let external_id = case.external_id.clone().unwrap_or_default();
                 let src = EntrySource {
@@ -371,7 +371,7 @@ pub(super) async fn note_event_refused(
     reached: bool,
     target: CaseStatus,
 ) -> Result<(), ItemError> {
-    crate::events::receipt_event_refused(&ctx.name, case_id, cap, error, status);
+    crate::events::receipt_event_refused(&ctx.name, case_id, cap, error, &status);
     if let Some(d) = detail.as_object_mut() {
         d.insert("cap".into(), cap.into());
         d.insert("status".into(), status.as_str().into());

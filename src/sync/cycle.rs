@@ -2,213 +2,21 @@
 //! each notification handled on its own so that one failing case never stops the others.
 
 use std::collections::HashSet;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
 
 use futures_util::stream::{self, StreamExt};
 
-use crate::deliver::{PublishOutcome, Spool, SpoolError};
-use crate::hubee::status::CaseStatus;
-use crate::hubee::{HubError, HubSession};
-use crate::state::{ActivityNote, DeliveryRow, LockError, Stage, StateDb, StateError, WorkItem};
+use crate::state::{LockError, Stage, StateError, WorkItem};
 
 use super::case::{deliver_case, CaseOutcome};
+use super::context::{log_acknowledged, note, ItemError, SubscriptionCtx};
 use super::event::deliver_event;
 use super::park::{self, Verdict};
 use super::plan::{self, Action};
+use super::publish::recover_intent;
 
 /// Batch size: "par lot de 25 max" (PROTOCOL §4 N1, §10.5).
 pub const BATCH: u32 = 25;
-
-/// Everything one subscription's cycle needs, built from validated settings.
-pub struct SubscriptionCtx {
-    pub name: String,
-    pub process_code: String,
-    pub receipt_status: CaseStatus,
-    pub session: HubSession,
-    pub spool: Spool,
-    pub state: StateDb,
-    pub max_parallel_downloads: usize,
-    /// Downloads in flight for this subscription, all cases together (max_parallel_downloads).
-    pub downloads: tokio::sync::Semaphore,
-    /// Cases worked at the same time within a batch (spool delivery; one for a database).
-    pub max_parallel_cases: usize,
-    /// Spool sequence numbers, handed out so that entries are published in their order.
-    pub sequences: super::sequence::Sequences,
-    pub download_attempts: u32,
-    pub retry_base_delay: Duration,
-    /// `author` of our events: the editor name.
-    pub author: String,
-    /// Becomes `true` when the process is asked to stop: downloads in flight are abandoned
-    /// (nothing is published or acknowledged for them), and no new item is started.
-    pub shutdown: Shutdown,
-    /// How long an item may keep failing before it is quarantined.
-    pub quarantine_after: Duration,
-    /// Counters for a progress display (shared by every subscription of a run).
-    pub progress: std::sync::Arc<Progress>,
-    /// For `delivery = "database"`: the business database's URL, opened at first use.
-    pub database_url: Option<String>,
-    pub database: tokio::sync::OnceCell<crate::deliver::database::BusinessDb>,
-}
-
-impl SubscriptionCtx {
-    /// The business database, opened (and migrated) at first use.
-    pub async fn business_db(
-        &self,
-    ) -> Result<Option<&crate::deliver::database::BusinessDb>, ItemError> {
-        let Some(url) = &self.database_url else {
-            return Ok(None);
-        };
-        self.database
-            .get_or_try_init(|| crate::deliver::database::BusinessDb::open(url))
-            .await
-            .map(Some)
-            .map_err(ItemError::Database)
-    }
-}
-
-/// What has been received so far, for `once` on a terminal.
-#[derive(Debug, Default)]
-pub struct Progress {
-    pub entries: std::sync::atomic::AtomicU64,
-    pub bytes: std::sync::atomic::AtomicU64,
-}
-
-impl Progress {
-    pub fn add_bytes(&self, n: u64) {
-        self.bytes
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-    }
-    pub fn add_entry(&self) {
-        self.entries
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    }
-}
-
-/// A stop signal shared by every cycle of a process.
-#[derive(Clone, Debug)]
-pub struct Shutdown(
-    tokio::sync::watch::Receiver<bool>,
-    /// For [`Shutdown::never`]: keeps the channel open so that it never reports a stop.
-    #[allow(dead_code)]
-    Option<std::sync::Arc<tokio::sync::watch::Sender<bool>>>,
-);
-
-impl Shutdown {
-    /// A signal and the sender that triggers it.
-    pub fn new() -> (tokio::sync::watch::Sender<bool>, Shutdown) {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        (tx, Shutdown(rx, None))
-    }
-
-    /// A signal that never fires (for `once`, `redeliver`, tests).
-    pub fn never() -> Shutdown {
-        let (tx, rx) = tokio::sync::watch::channel(false);
-        Shutdown(rx, Some(std::sync::Arc::new(tx)))
-    }
-
-    pub fn is_requested(&self) -> bool {
-        *self.0.borrow()
-    }
-
-    /// A signal that fires when `a` fires or when `b` becomes true.
-    pub fn merge(a: &Shutdown, b: tokio::sync::watch::Receiver<bool>) -> Shutdown {
-        let (tx, rx) = tokio::sync::watch::channel(a.is_requested() || *b.borrow());
-        let (a, mut b) = (a.clone(), b);
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = a.requested() => {}
-                _ = async {
-                    while !*b.borrow_and_update() {
-                        if b.changed().await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                } => {}
-            }
-            let _ = tx.send(true);
-        });
-        Shutdown(rx, None)
-    }
-
-    /// Resolves when a stop is requested.
-    pub async fn requested(&self) {
-        let mut rx = self.0.clone();
-        loop {
-            if *rx.borrow_and_update() {
-                return;
-            }
-            if rx.changed().await.is_err() {
-                // Sender gone without a stop: never resolve.
-                std::future::pending::<()>().await;
-            }
-        }
-    }
-}
-
-/// Why one notification could not be handled this cycle.
-#[derive(Debug, thiserror::Error)]
-pub enum ItemError {
-    #[error("{doing}: {source}")]
-    Hub {
-        doing: &'static str,
-        #[source]
-        source: HubError,
-    },
-    #[error("{0}")]
-    Download(#[from] super::download::DownloadError),
-    #[error("{0}")]
-    Spool(#[source] SpoolError),
-    #[error("{0}")]
-    Database(#[source] crate::deliver::database::DbError),
-    #[error("{0}")]
-    State(#[from] StateError),
-    /// The hub sent something we refuse to deliver as it is.
-    #[error("{0}")]
-    Refused(String),
-    #[error("internal error: {0}")]
-    Internal(String),
-}
-
-impl ItemError {
-    pub fn spool(e: SpoolError) -> ItemError {
-        ItemError::Spool(e)
-    }
-
-    /// The work was abandoned because the process is stopping.
-    pub fn is_cancelled(&self) -> bool {
-        matches!(
-            self,
-            ItemError::Download(super::download::DownloadError::Cancelled)
-        )
-    }
-
-    /// Failures that concern the whole subscription, not this item: stop the cycle.
-    fn stops_cycle(&self) -> bool {
-        match self {
-            ItemError::Hub { source, .. } => source.is_auth() || source.is_fenced(),
-            ItemError::Spool(_) | ItemError::State(_) | ItemError::Database(_) => true,
-            ItemError::Download(d) => d.is_local(),
-            _ => false,
-        }
-    }
-
-    /// For `hubee_sync_items_failed_total{kind}`: the hub's doing, this machine's, or what
-    /// the hub sent did not verify.
-    pub fn failure_kind(&self) -> crate::metrics::FailureKind {
-        use super::download::DownloadError as D;
-        use crate::metrics::FailureKind::{Hub, Local, Verify};
-        match self {
-            ItemError::Hub { .. } | ItemError::Download(D::Hub(_)) => Hub,
-            ItemError::Refused(_)
-            | ItemError::Download(
-                D::SizeMismatch { .. } | D::DigestMismatch { .. } | D::BadDigest { .. },
-            ) => Verify,
-            _ => Local,
-        }
-    }
-}
 
 /// One failed item, for the report.
 #[derive(Debug, Clone)]
@@ -238,6 +46,21 @@ pub struct CycleReport {
 }
 
 impl CycleReport {
+    /// What the cycle's journal line says.
+    pub fn summary(&self) -> crate::events::CycleSummary<'_> {
+        crate::events::CycleSummary {
+            subscription: &self.subscription,
+            received: self.received,
+            acknowledged: self.acknowledged,
+            failed: self.failures.len(),
+            waiting: self.waiting,
+            parked: self.parked,
+            quarantined: self.quarantined,
+            fatal: self.fatal.as_deref(),
+            first_error: self.failures.first().map(|f| f.error.as_str()),
+        }
+    }
+
     pub fn ok(&self) -> bool {
         self.fatal.is_none() && self.failures.is_empty()
     }
@@ -267,7 +90,11 @@ pub async fn run_cycle(ctx: &SubscriptionCtx, holder: &str) -> CycleReport {
         report.fatal = Some(e);
     }
     ctx.sequences.give_back(&ctx.state, &ctx.name).await;
-    crate::events::cycle_done(&report, started.elapsed(), ctx.shutdown.is_requested());
+    crate::events::cycle_done(
+        &report.summary(),
+        started.elapsed(),
+        ctx.shutdown.is_requested(),
+    );
     let outcome_error = report.fatal.clone().or_else(|| {
         report.failures.first().map(|f| {
             format!(
@@ -788,149 +615,4 @@ async fn delete_if_present(ctx: &SubscriptionCtx, item: &WorkItem) {
                 "cannot delete the notification of a parked item; the work is recorded and it will be deleted later");
         }
     }
-}
-
-/// Finishes a publication recorded as intent: the tmp directory still there means the
-/// rename did not happen; gone means it did (even if the consumer has since moved or
-/// deleted the entry).
-pub async fn recover_intent(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemError> {
-    match row.tmp_path.as_deref().map(Path::new) {
-        Some(tmp) if tmp.exists() => publish_recorded(ctx, row, tmp, None, None).await,
-        _ => {
-            ctx.state.advance(&row.key, Stage::Published).await?;
-            Ok(())
-        }
-    }
-}
-
-/// Renames a sealed entry into new/ and records it published. `turn`, when given, is
-/// released as soon as the rename is done (or failed). `receipt` (from, to), when given, is
-/// recorded with the publication as the start of the receipt walk (one durable write).
-pub async fn publish_recorded(
-    ctx: &SubscriptionCtx,
-    row: &DeliveryRow,
-    tmp: &Path,
-    turn: Option<super::sequence::Ticket<'_>>,
-    receipt: Option<(&str, &str)>,
-) -> Result<(), ItemError> {
-    // The rename and its fsyncs block: off the async thread, so other cases keep going.
-    let (spool, from, name) = (ctx.spool.clone(), tmp.to_path_buf(), row.entry_name.clone());
-    let published = tokio::task::spawn_blocking(move || spool.publish(&from, &name))
-        .await
-        .map_err(|e| ItemError::Internal(format!("publishing {}: {e}", row.entry_name)))?;
-    drop(turn);
-    match published.map_err(ItemError::spool)? {
-        PublishOutcome::Published(path) => {
-            crate::crashpoint::point("after_rename");
-            let entry = path.display().to_string();
-            let detail = (row.kind != "event").then(|| {
-                let files: Vec<serde_json::Value> = row
-                    .files_json
-                    .as_deref()
-                    .and_then(|j| serde_json::from_str(j).ok())
-                    .unwrap_or_default();
-                let fetched = files.iter().filter(|f| !f["path"].is_null()).count();
-                let unusable: Vec<serde_json::Value> = files
-                    .iter()
-                    .filter(|f| f["path"].is_null())
-                    .map(|f| serde_json::json!({"file_name": f["file_name"], "status": f["status"], "attachment_id": f["attachment_id"]}))
-                    .collect();
-                serde_json::json!({
-                    "entry": entry,
-                    "files": fetched,
-                    "round": row.key.round,
-                    "unusable": unusable,
-                })
-            });
-            let kind = match row.kind.as_str() {
-                "reopen" => "reopened",
-                "redelivery" => "redelivered",
-                _ => "received",
-            };
-            let activity = detail.map(|detail| ActivityNote {
-                kind,
-                case_id: Some(&row.key.case_id),
-                external_id: Some(&row.external_id),
-                event_id: None,
-                detail,
-            });
-            let with_note = activity.is_some();
-            if let Err(e) = ctx
-                .state
-                .record_published(&row.key, receipt, activity)
-                .await
-            {
-                if !with_note {
-                    return Err(e.into());
-                }
-                // The activity record is never a reason to fail the delivery it describes.
-                tracing::warn!(subscription = %ctx.name, case_id = %row.key.case_id, error = %e,
-                    "cannot record the publication with its activity record; recording it alone");
-                ctx.state.record_published(&row.key, receipt, None).await?;
-            }
-            ctx.progress.add_entry();
-            crate::events::published(
-                &ctx.name,
-                &row.key.case_id,
-                &row.external_id,
-                &row.key.event_id,
-                &entry,
-            );
-            Ok(())
-        }
-        PublishOutcome::AlreadyExists(path) => {
-            let theirs = ctx.spool.read_manifest(&row.entry_name).ok().flatten();
-            let ours = theirs.as_ref().is_some_and(|m| {
-                m.case_id == row.key.case_id
-                    && m.event_id.as_deref().unwrap_or("") == row.key.event_id
-                    && i64::from(m.round) == row.key.round
-            });
-            if ours {
-                let _ = std::fs::remove_dir_all(tmp);
-                ctx.state.advance(&row.key, Stage::Published).await?;
-                Ok(())
-            } else {
-                Err(ItemError::Refused(format!(
-                    "an entry named {} already exists in the spool ({}) for another delivery; move it away and the case will be delivered next cycle",
-                    row.entry_name,
-                    path.display()
-                )))
-            }
-        }
-    }
-}
-
-/// Appends to the activity journal (digests read it); a failure to record is logged, never
-/// a reason to fail the delivery it describes.
-pub(crate) async fn note(
-    ctx: &SubscriptionCtx,
-    kind: &str,
-    case_id: &str,
-    external_id: Option<&str>,
-    event_id: Option<&str>,
-    detail: serde_json::Value,
-) {
-    if let Err(e) = ctx
-        .state
-        .record_activity(
-            &ctx.name,
-            kind,
-            Some(case_id),
-            external_id,
-            event_id,
-            detail,
-        )
-        .await
-    {
-        tracing::warn!(subscription = %ctx.name, case_id, error = %e, "cannot record activity for the digest");
-    }
-}
-
-pub(crate) fn log_acknowledged(ctx: &SubscriptionCtx, row: &DeliveryRow) {
-    crate::events::acknowledged(
-        &ctx.name,
-        &row.key.case_id,
-        &row.external_id,
-        row.notification_id.as_deref().unwrap_or(""),
-    );
 }

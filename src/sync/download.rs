@@ -6,7 +6,8 @@ use std::time::Duration;
 use crate::deliver::{PendingEntry, WrittenFile};
 use crate::hubee::{Download, HubError, HubSession};
 
-use super::cycle::{Progress, Shutdown};
+use super::context::Progress;
+use crate::shutdown::Shutdown;
 
 /// Which file to fetch.
 pub struct FileRef<'a> {
@@ -54,6 +55,17 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
+    /// For `hubee_sync_items_failed_total{kind}`.
+    pub fn failure_kind(&self) -> crate::metrics::FailureKind {
+        match self {
+            DownloadError::Hub(_) => crate::metrics::FailureKind::Hub,
+            DownloadError::SizeMismatch { .. }
+            | DownloadError::DigestMismatch { .. }
+            | DownloadError::BadDigest { .. } => crate::metrics::FailureKind::Verify,
+            _ => crate::metrics::FailureKind::Local,
+        }
+    }
+
     /// Local failures (disk full, permissions) are not the hub's: retrying now won't help.
     pub fn is_local(&self) -> bool {
         matches!(

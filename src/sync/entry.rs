@@ -7,8 +7,9 @@ use crate::deliver::{EntryLocation, Manifest, ManifestAttachment, PendingEntry, 
 use crate::hubee::model::Attachment;
 use crate::state::{DeliveryKey, DeliveryRow, Stage};
 
-use super::cycle::{publish_recorded, ItemError, SubscriptionCtx};
+use super::context::{ItemError, SubscriptionCtx};
 use super::download::{fetch_into, fetch_verified, DownloadError, FileRef};
+use super::publish::publish_recorded;
 use super::sequence::Ticket;
 use crate::deliver::database::{AttachmentRecord, Begun, BusinessDb, DbTxn, DeliveryRecord};
 
@@ -345,7 +346,7 @@ async fn publish_db(
         &row.entry_name,
     );
     if src.kind != "event" {
-        super::cycle::note(
+        super::context::note(
             ctx,
             if src.kind == "reopen" { "reopened" } else { "received" },
             &src.key.case_id,

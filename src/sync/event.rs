@@ -9,7 +9,7 @@ use crate::hubee::status::CaseStatus;
 use crate::state::{DeliveryKey, Stage};
 
 use super::case::{deliver_case, CaseOutcome};
-use super::cycle::{ItemError, SubscriptionCtx};
+use super::context::{ItemError, SubscriptionCtx};
 use super::entry::{self, EntrySource, Publication};
 
 /// Event types that carry something for the SI (PROTOCOL §8.3); the others (`ATTACH_DL`,
@@ -64,7 +64,7 @@ pub async fn deliver_event(
             .await?;
         match &row {
             Some(r) if r.stage >= Stage::Published => {}
-            Some(r) => super::cycle::recover_intent(ctx, r).await?,
+            Some(r) => super::publish::recover_intent(ctx, r).await?,
             None => {
                 let (case, case_raw) = ctx
                     .session
@@ -120,7 +120,7 @@ pub async fn deliver_event(
         let (entry, external_id) = row
             .map(|r| (r.entry_name, r.external_id))
             .unwrap_or_default();
-        super::cycle::note(
+        super::context::note(
             ctx,
             "event",
             case_id,

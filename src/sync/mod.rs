@@ -8,18 +8,25 @@
 //! - [`park`]: items that keep failing: parked, then quarantined.
 //! - [`cycle`]: the batch loop (the cases of a batch side by side, each case's notifications
 //!   in order), recovery of interrupted publications, the per-cycle report.
+//! - [`context`]: what every step shares: the subscription's context, the item error,
+//!   progress, the activity journal's recorder.
+//! - [`publish`]: an entry's rename into `new/`, recorded; recovery of an interrupted one.
 //! - [`sequence`]: spool sequence numbers, reserved in blocks, published in their order.
 //! - [`transition`]: a case moved to a status with one truthful event, on any kind of hub.
 
 pub mod case;
+pub mod context;
 pub mod cycle;
 pub mod download;
 pub mod entry;
 pub mod event;
 pub mod park;
 pub mod plan;
+pub mod publish;
 pub mod redeliver;
 pub mod sequence;
 pub mod transition;
 
-pub use cycle::{run_cycle, CycleReport, Progress, Shutdown, SubscriptionCtx};
+pub use crate::shutdown::Shutdown;
+pub use context::{subscription_ctx, ItemError, Progress, SubscriptionCtx};
+pub use cycle::{run_cycle, CycleReport};

@@ -14,7 +14,7 @@ use crate::hubee::model::NewEvent;
 use crate::hubee::status::{strict_path, CaseStatus};
 use crate::state::{Failure, WorkItem};
 
-use super::cycle::{ItemError, SubscriptionCtx};
+use super::context::{ItemError, SubscriptionCtx};
 use super::transition::{change_status, Change, ChangeError, Moved};
 
 /// Failed cycles after which an item is parked (its notification deleted).
@@ -117,7 +117,7 @@ pub async fn quarantine(
     }
     let path_s = path.display().to_string();
     ctx.state.quarantine(&ctx.name, item, Some(&path_s)).await?;
-    super::cycle::note(
+    super::context::note(
         ctx,
         "quarantined",
         &item.case_id,

@@ -4,7 +4,7 @@
 use crate::deliver::names;
 use crate::state::{DeliveryKey, Stage};
 
-use super::cycle::{ItemError, SubscriptionCtx};
+use super::context::{ItemError, SubscriptionCtx};
 use super::entry::{self, EntrySource, Publication};
 
 /// Publishes the case `case_id` again; returns the new entry's name.
