@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """What a scrape of GET /metrics costs, against what a cycle costs (issue 20).
 
-    python3 bench/metrics.py [--quick] [--debug] [--scrapes=N]
+    python3 bench/metrics.py [--quick] [--debug] [--scrapes=N] [--hub=PATH]
 
 Under the load of benchmark (a) (BENCHMARKS.md: 1000 cases x 3 x 100 KB; --quick: 100), it
 starts `fake-hubee` and `hubee-sync run` with `[metrics] listen` on a free 127.0.0.1 port
@@ -21,6 +21,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEBUG = "--debug" in sys.argv
 QUICK = "--quick" in sys.argv
 BIN = os.path.join(ROOT, "target/debug" if DEBUG else "target/release")
+# `--hub=PATH`: another fake-hubee binary (its CPU is not measured).
+HUB = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--hub=")), os.path.join(BIN, "fake-hubee"))
 SCRAPES = int(next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--scrapes=")), "2000"))
 CASES = 100 if QUICK else 1000
 
@@ -53,13 +55,13 @@ def value(text, name, contains=""):
 def main():
     if not DEBUG and not os.path.exists(os.path.join(BIN, "hubee-sync")):
         subprocess.run(["cargo", "build", "--locked", "--release", "-p", "hubee-sync", "-p", "fake-hubee"], cwd=ROOT, check=True)
-    if DEBUG:
+    if DEBUG and not (os.path.exists(os.path.join(BIN, "hubee-sync")) and os.path.exists(HUB)):
         subprocess.run(["cargo", "build", "--locked", "-p", "hubee-sync", "-p", "fake-hubee"], cwd=ROOT, check=True)
     work = tempfile.mkdtemp(prefix="hubee-metrics-bench-", dir="/var/tmp")
     hub = sync = None
     try:
         out = open(os.path.join(work, "hub.out"), "w+")
-        hub = subprocess.Popen([os.path.join(BIN, "fake-hubee"), "--listen", "127.0.0.1:0", "--client-id", "bench",
+        hub = subprocess.Popen([HUB, "--listen", "127.0.0.1:0", "--client-id", "bench",
                                 "--client-secret", "bench-secret", "--cases", str(CASES), "--files", "3",
                                 "--file-size", "100000", "--seed", "7"], stdout=out, stderr=subprocess.DEVNULL)
         for _ in range(6000):
