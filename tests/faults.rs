@@ -19,28 +19,6 @@ const MAX_RUNS: usize = 15;
 const FAST_HUB: &str = r#"download_attempts = 3
 max_parallel_downloads = 4"#;
 
-/// Every fault kind the fake knows. Only transient statuses (5xx) are drawn: a 4xx is the
-/// hub's final word by the protocol (never retried, PROTOCOL §9), so a random 403 or 404 would
-/// test a hub that lies about a case, not a flaky network; `client_errors_are_not_retried`
-/// (tests/receive.rs) covers those.
-fn all_kinds() -> Vec<Fault> {
-    vec![
-        Fault::Status(500),
-        Fault::Status(502),
-        Fault::Status(503),
-        Fault::TooManyRequests {
-            retry_after_secs: 0,
-        },
-        Fault::ResetBeforeEffect,
-        Fault::ResetAfterEffect,
-        Fault::TruncateBody { after_bytes: 100 },
-        Fault::WrongDigest,
-        Fault::MissingDigest,
-        Fault::SlowBody { chunk_delay_ms: 3 },
-        Fault::KillToken,
-    ]
-}
-
 /// The campaign's cases: 0–3 files each, sizes mixed within and across cases.
 fn campaign_files(n: usize) -> Vec<(String, Content)> {
     (0..n % 4)
@@ -150,7 +128,8 @@ async fn campaign(seed: u64) {
     w.write_config(FAST_HUB);
     let expected = add_campaign_cases(&w);
     w.hub.set_shuffle(Some(seed));
-    w.hub.inject_random(None, 0.2, all_kinds(), seed);
+    w.hub
+        .inject_random(None, 0.2, common::campaign::transient_faults(), seed);
 
     let watcher = NewWatcher::start(w.spool().join("new"));
     let mut codes = Vec::new();

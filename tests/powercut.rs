@@ -713,7 +713,7 @@ async fn without_the_fsync_of_attachments_a_cut_leaves_a_broken_entry() {
     );
 }
 
-/// Defect found by this campaign (fixed in src/deliver/spool.rs, `Spool::open`): the spool's
+/// Defect found by this campaign (fixed in src/deliver/spool/mod.rs, `Spool::open`): the spool's
 /// directories were created without fsyncing their parents, so a power cut after the first
 /// deliveries could take `spool/NAME/` away with `new/` and every entry in it, after their
 /// notifications were deleted on the hub.

@@ -20,26 +20,6 @@ use fake_hubee::{Fault, Route};
 const RATE: f64 = 0.25;
 const MAX_RUNS: usize = 15;
 
-/// Every fault kind the fake knows, transient ones only (see tests/faults.rs `all_kinds` for
-/// why a random 4xx is not drawn).
-fn all_kinds() -> Vec<Fault> {
-    vec![
-        Fault::Status(500),
-        Fault::Status(502),
-        Fault::Status(503),
-        Fault::TooManyRequests {
-            retry_after_secs: 0,
-        },
-        Fault::ResetBeforeEffect,
-        Fault::ResetAfterEffect,
-        Fault::TruncateBody { after_bytes: 100 },
-        Fault::WrongDigest,
-        Fault::MissingDigest,
-        Fault::SlowBody { chunk_delay_ms: 3 },
-        Fault::KillToken,
-    ]
-}
-
 /// Phase one: 30 cases, with messages and deposits on a third of them (some posted before
 /// the case itself is delivered).
 fn phase_one(c: &mut Campaign) {
@@ -128,7 +108,9 @@ async fn campaign(seed: u64) {
     let (hub_kind, behaviour) = hub_of(seed);
     c.world.hub.set_behaviour(behaviour);
     c.world.hub.set_shuffle(Some(seed));
-    c.world.hub.inject_random(None, RATE, all_kinds(), seed);
+    c.world
+        .hub
+        .inject_random(None, RATE, common::campaign::transient_faults(), seed);
     // The two routes called only a few times per run get one sure fault each, so that every
     // route is hit at every seed.
     c.world.hub.inject(Route::Token, Fault::Status(503), 1);

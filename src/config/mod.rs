@@ -24,6 +24,7 @@ mod secret;
 pub mod settings;
 mod suggest;
 mod transliterate;
+mod validate;
 
 use std::path::{Path, PathBuf};
 
@@ -39,7 +40,7 @@ pub use settings::{
 pub use transliterate::to_ascii;
 
 use error::Collector;
-use settings::Env;
+use validate::Env;
 
 /// Exit status for a bad configuration (sysexits.h `EX_CONFIG`).
 pub const EX_CONFIG: i32 = 78;
@@ -65,7 +66,7 @@ pub fn load(path: &Path) -> Result<Settings, ConfigErrors> {
 fn load_with(path: &Path, env: &Env) -> Result<Settings, ConfigErrors> {
     let mut errors = Collector::default();
     let settings =
-        inputs::read(path, &mut errors).and_then(|i| settings::validate(i, env, &mut errors));
+        inputs::read(path, &mut errors).and_then(|i| validate::validate(i, env, &mut errors));
     match settings {
         Some(s) if errors.is_empty() => Ok(s),
         _ => Err(errors.into_errors()),

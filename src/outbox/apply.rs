@@ -24,7 +24,7 @@ use crate::hubee::status::{at_or_past, CaseStatus};
 use crate::hubee::HubError;
 use crate::state::outbox::{ReplyRow, ReplyStage};
 use crate::state::StateError;
-use crate::sync::transition::{change_status, is_final, Change, ChangeError, Moved};
+use crate::sync::transition::{change_status, is_final, status_event, Change, ChangeError, Moved};
 use crate::sync::SubscriptionCtx;
 
 use super::refusal::Refusal;
@@ -546,16 +546,8 @@ impl Applier<'_> {
         };
         let receipt = self.ctx.receipt_status;
         let path = |from: CaseStatus| status_walk(from, target, receipt).ok();
-        let event = |from: CaseStatus| NewEvent {
-            action_type: "STATUS_UPDATE".into(),
-            notification: true,
-            author: Some(author.clone()),
-            message: message.clone(),
-            comment: Some(comment.clone()),
-            case_current_status: Some(from.as_str().to_string()),
-            case_new_status: Some(target.as_str().to_string()),
-            attachments: Vec::new(),
-        };
+        let event =
+            |from: CaseStatus| status_event(&author, message.clone(), &comment, from, target);
         let change = Change {
             case_id: &self.row.case_id,
             target,

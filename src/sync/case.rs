@@ -5,14 +5,14 @@
 //! the notification afterwards.
 
 use crate::deliver::names;
-use crate::hubee::model::{Case, NewEvent};
+use crate::hubee::model::Case;
 use crate::hubee::status::{receipt_plan, CaseStatus, ReceiptPlan};
 use crate::hubee::HubError;
 use crate::state::{DeliveryKey, DeliveryRow, Stage};
 
 use super::context::{ItemError, SubscriptionCtx};
 use super::entry::{self, EntrySource, Publication};
-use super::transition::{change_status, Change, ChangeError, Moved};
+use super::transition::{change_status, status_event, Change, ChangeError, Moved};
 
 /// The comment that marks our receipt event, so a POST whose answer was lost is recognised
 /// instead of being posted twice (PROTOCOL §9).
@@ -290,19 +290,12 @@ async fn receipt(ctx: &SubscriptionCtx, row: &DeliveryRow) -> Result<(), ItemErr
         ReceiptPlan::LeaveAsIs => Some(Vec::new()),
         ReceiptPlan::Walk { steps } => Some(steps),
     };
-    let event = |from: CaseStatus| NewEvent {
-        action_type: "STATUS_UPDATE".into(),
-        notification: true,
-        author: Some(author.clone()),
-        message: Some(format!(
-            "Télédossier reçu et intégré par le service instructeur (statut {}).",
-            target.as_str()
-        )),
-        comment: Some(marker.clone()),
-        case_current_status: Some(from.as_str().to_string()),
-        case_new_status: Some(target.as_str().to_string()),
-        attachments: Vec::new(),
-    };
+    let message = format!(
+        "Télédossier reçu et intégré par le service instructeur (statut {}).",
+        target.as_str()
+    );
+    let event =
+        |from: CaseStatus| status_event(&author, Some(message.clone()), &marker, from, target);
     let change = Change {
         case_id: &key.case_id,
         target,

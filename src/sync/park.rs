@@ -10,12 +10,11 @@
 use std::time::Duration;
 
 use crate::deliver::names;
-use crate::hubee::model::NewEvent;
 use crate::hubee::status::{strict_path, CaseStatus};
 use crate::state::{Failure, WorkItem};
 
 use super::context::{ItemError, SubscriptionCtx};
-use super::transition::{change_status, Change, ChangeError, Moved};
+use super::transition::{change_status, status_event, Change, ChangeError, Moved};
 
 /// Failed cycles after which an item is parked (its notification deleted).
 pub const PARK_AFTER: i64 = 2;
@@ -210,18 +209,10 @@ async fn mark_integration_error(
     let author = ctx.author.clone();
     let target = CaseStatus::SiIntgError;
     let path = |from: CaseStatus| strict_path(from, target);
-    let event = |from: CaseStatus| NewEvent {
-        action_type: "STATUS_UPDATE".into(),
-        notification: true,
-        author: Some(author.clone()),
-        message: Some(format!(
-            "Intégration impossible dans le logiciel du service instructeur : {short}"
-        )),
-        comment: Some(marker.clone()),
-        case_current_status: Some(from.as_str().to_string()),
-        case_new_status: Some(target.as_str().to_string()),
-        attachments: Vec::new(),
-    };
+    let message =
+        format!("Intégration impossible dans le logiciel du service instructeur : {short}");
+    let event =
+        |from: CaseStatus| status_event(&author, Some(message.clone()), &marker, from, target);
     let change = Change {
         case_id: &item.case_id,
         target,

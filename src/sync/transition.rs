@@ -42,6 +42,27 @@ pub struct Change<'a> {
     pub owe_event_at_target: bool,
 }
 
+/// Our `STATUS_UPDATE` event for `from → target`, notified to the online service: signed
+/// by `author`, saying `message`, its `comment` opening with our marker.
+pub fn status_event(
+    author: &str,
+    message: Option<String>,
+    comment: &str,
+    from: CaseStatus,
+    target: CaseStatus,
+) -> NewEvent {
+    NewEvent {
+        action_type: "STATUS_UPDATE".into(),
+        notification: true,
+        author: Some(author.to_string()),
+        message,
+        comment: Some(comment.to_string()),
+        case_current_status: Some(from.as_str().to_string()),
+        case_new_status: Some(target.as_str().to_string()),
+        attachments: Vec::new(),
+    }
+}
+
 /// What the change did.
 #[derive(Debug)]
 pub enum Moved {
@@ -213,40 +234,22 @@ pub async fn change_status(
         // The one event, for one step from the status just read.
         let from = current;
         let body = (c.event)(from);
-        match session.post_event(c.case_id, &body).await {
+        let unclear = match session.post_event(c.case_id, &body).await {
             Ok(ev) if ev.id.is_some() => {
                 crate::crashpoint::point("after_event_post");
                 let case = read(session, c.case_id).await?;
                 return finish(session, c, case, from, ev.id).await;
             }
-            Ok(_) => {
-                // An answer without an id: look for the event before anything else.
-                case = read(session, c.case_id).await?;
-                if find_marked(&case, c.marker, "STATUS_UPDATE").is_some() {
-                    continue 'again;
-                }
-                return Err(ChangeError::Transient {
-                    doing: "posting the status event",
-                    error: HubError::Decode {
-                        op: crate::hubee::error::Op {
-                            method: "POST",
-                            path: format!("/cases/{}/events", c.case_id),
-                        },
-                        detail: "the hub answered without an event id".into(),
-                    },
-                });
-            }
-            Err(e) if e.maybe_applied() || matches!(e, HubError::Decode { .. }) => {
-                // The answer was lost: the event may be there (PROTOCOL §9).
-                case = read(session, c.case_id).await?;
-                if find_marked(&case, c.marker, "STATUS_UPDATE").is_some() {
-                    continue 'again;
-                }
-                return Err(ChangeError::Transient {
-                    doing: "posting the status event",
-                    error: e,
-                });
-            }
+            // An answer without an id.
+            Ok(_) => HubError::Decode {
+                op: crate::hubee::error::Op {
+                    method: "POST",
+                    path: format!("/cases/{}/events", c.case_id),
+                },
+                detail: "the hub answered without an event id".into(),
+            },
+            // The answer was lost.
+            Err(e) if e.maybe_applied() || matches!(e, HubError::Decode { .. }) => e,
             Err(e) if is_final(&e) => {
                 let again = read(session, c.case_id).await?;
                 let now = parse(&again)?;
@@ -285,7 +288,17 @@ pub async fn change_status(
                     error: e,
                 })
             }
+        };
+        // An unclear answer: the event may be there (PROTOCOL §9); look for it before
+        // anything else.
+        case = read(session, c.case_id).await?;
+        if find_marked(&case, c.marker, "STATUS_UPDATE").is_some() {
+            continue 'again;
         }
+        return Err(ChangeError::Transient {
+            doing: "posting the status event",
+            error: unclear,
+        });
     }
 }
 

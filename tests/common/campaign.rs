@@ -570,3 +570,107 @@ impl PointPicker {
         &self.hit
     }
 }
+
+/// How one life of a kill campaign ended (see [`live_one_life`]).
+pub enum LifeEnd {
+    /// The run died by its crash point.
+    AtPoint(&'static str),
+    /// The crash point was not reached in time (nothing left that passes it): killed.
+    PointMissed(&'static str),
+    /// No crash point: killed at a random instant.
+    Random,
+}
+
+/// Waits for the child's exit (it was killed, or is dying at a crash point), at most `bound`.
+pub async fn wait_exit(
+    d: &mut super::daemon::Daemon,
+    bound: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = d.child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if start.elapsed() > bound {
+            return None;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+}
+
+/// One life of `run` under `config`, logging to `log`: with a crash point (`HUBEE_SYNC_CRASH_AT`
+/// point:n), it must die there by SIGKILL within `point_bound`, else it is killed; without
+/// one, it is killed with SIGKILL after `random_ms`, and must not have exited on its own
+/// before. Either way the run ends killed, and the daemon is returned for its log.
+pub async fn live_one_life(
+    config: &std::path::Path,
+    log: PathBuf,
+    life: usize,
+    crash_point: Option<(&'static str, u32)>,
+    point_bound: std::time::Duration,
+    random_ms: u64,
+) -> (super::daemon::Daemon, LifeEnd) {
+    use std::os::unix::process::ExitStatusExt;
+    let killed = std::time::Duration::from_secs(10);
+    let env = crash_point.map(|(p, n)| format!("{p}:{n}"));
+    let envs: Vec<(&str, &str)> = env
+        .as_deref()
+        .map(|v| vec![("HUBEE_SYNC_CRASH_AT", v)])
+        .unwrap_or_default();
+    let mut d = super::daemon::Daemon::start_with(config, log, "info", &envs);
+    let (status, end) = match crash_point {
+        Some((point, _)) => match wait_exit(&mut d, point_bound).await {
+            Some(status) => {
+                assert_eq!(
+                    status.signal(),
+                    Some(libc::SIGKILL),
+                    "life {life}: run exited at {point} other than by its crash point: \
+                     {status:?}\n{}",
+                    d.log_text()
+                );
+                (status, LifeEnd::AtPoint(point))
+            }
+            None => {
+                d.signal(libc::SIGKILL);
+                let status = wait_exit(&mut d, killed).await.expect("killed");
+                (status, LifeEnd::PointMissed(point))
+            }
+        },
+        None => {
+            tokio::time::sleep(std::time::Duration::from_millis(random_ms)).await;
+            assert!(
+                d.child.try_wait().expect("try_wait").is_none(),
+                "life {life}: run exited on its own before the kill:\n{}",
+                d.log_text()
+            );
+            d.signal(libc::SIGKILL);
+            let status = wait_exit(&mut d, killed).await.expect("killed");
+            (status, LifeEnd::Random)
+        }
+    };
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "life {life}");
+    (d, end)
+}
+
+/// Every fault kind the fake knows that a flaky network or hub can cause, transient ones
+/// only: a 4xx is the hub's final word by the protocol (never retried, PROTOCOL §9), so a
+/// random 403 or 404 would test a hub that lies about a case, not a flaky network;
+/// `client_errors_are_not_retried` (tests/receive.rs) covers those.
+pub fn transient_faults() -> Vec<fake_hubee::Fault> {
+    use fake_hubee::Fault;
+    vec![
+        Fault::Status(500),
+        Fault::Status(502),
+        Fault::Status(503),
+        Fault::TooManyRequests {
+            retry_after_secs: 0,
+        },
+        Fault::ResetBeforeEffect,
+        Fault::ResetAfterEffect,
+        Fault::TruncateBody { after_bytes: 100 },
+        Fault::WrongDigest,
+        Fault::MissingDigest,
+        Fault::SlowBody { chunk_delay_ms: 3 },
+        Fault::KillToken,
+    ]
+}
