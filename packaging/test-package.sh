@@ -117,7 +117,10 @@ step "The package's contents"
 dpkg-deb -c "$deb" | awk '{print $2, $6}' >"$work/contents.txt"
 for f in ./usr/bin/hubee-sync ./usr/lib/systemd/system/hubee-sync.service \
     ./usr/lib/sysusers.d/hubee-sync.conf ./usr/lib/tmpfiles.d/hubee-sync.conf \
-    ./usr/share/man/man8/hubee-sync.8.gz ./etc/hubee-sync/hubee-sync.toml; do
+    ./usr/share/man/man8/hubee-sync.8.gz ./etc/hubee-sync/hubee-sync.toml \
+    ./usr/share/doc/hubee-sync/contrib/prometheus/hubee-sync.rules.yml \
+    ./usr/share/doc/hubee-sync/contrib/prometheus/hubee-sync.rules.test.yml \
+    ./usr/share/doc/hubee-sync/contrib/grafana/hubee-sync.json; do
     if grep -q " $f\$" "$work/contents.txt"; then pass "package holds $f"; else fail "package holds $f"; fi
 done
 dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles >"$work/conffiles" 2>/dev/null

@@ -23,7 +23,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Rooms from the bottom up: a file may use rooms of its own rank or below. Neutral rooms
 # that several rooms share sit at the bottom.
 ROOMS = [
-    ["events", "crashpoint", "exit", "shutdown", "clock"],
+    ["events", "crashpoint", "exit", "shutdown", "clock", "metrics"],
     ["config", "hubee", "systemd"],
     ["state", "deliver"],
     ["cluster"],

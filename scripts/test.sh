@@ -18,6 +18,10 @@ if ! python3 -c 'import yaml, jsonschema' 2>/dev/null; then
         || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-yaml python3-jsonschema; }
 fi
 command -v openssl >/dev/null || { apt-get update -qq && apt-get install -y -qq openssl; }
+# The metrics tests (tests/metrics.rs) check a scrape and the alert rules with promtool and
+# run a real Prometheus server: Debian's `prometheus` package. Without it they skip, saying so.
+command -v promtool >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; } \
+    || echo "test.sh: cannot install Debian's prometheus: the metrics tests will skip" >&2
 # The power-cut campaign (tests/powercut.rs, powerfs/) mounts a FUSE filesystem as root with
 # mount(2) itself (no libfuse, no fusermount): it needs the fuse module's /dev/fuse.
 [ -e /dev/fuse ] || modprobe fuse 2>/dev/null || echo "test.sh: no /dev/fuse: the power-cut tests will skip" >&2

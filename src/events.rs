@@ -42,6 +42,14 @@ pub mod id {
 /// `waited_ms`: how long the lease had been expired when it was taken over (`None`: it
 /// was free or given back).
 pub fn lease_taken(sub: &str, node: &str, epoch: i64, from: Option<&str>, waited_ms: Option<i64>) {
+    crate::metrics::lease_moved(
+        sub,
+        if from.is_some() {
+            crate::metrics::LeaseMove::TakenOver
+        } else {
+            crate::metrics::LeaseMove::Taken
+        },
+    );
     match (from, waited_ms) {
         (Some(from), Some(waited)) => tracing::warn!(
             message_id = %id::LEASE_TAKEN,
@@ -63,6 +71,7 @@ pub fn lease_taken(sub: &str, node: &str, epoch: i64, from: Option<&str>, waited
 }
 
 pub fn lease_lost(sub: &str, node: &str, epoch: i64, why: &str) {
+    crate::metrics::lease_moved(sub, crate::metrics::LeaseMove::Lost);
     tracing::warn!(
         message_id = %id::LEASE_LOST,
         subscription = %sub,
@@ -74,6 +83,7 @@ pub fn lease_lost(sub: &str, node: &str, epoch: i64, why: &str) {
 }
 
 pub fn lease_released(sub: &str, node: &str, epoch: i64) {
+    crate::metrics::lease_moved(sub, crate::metrics::LeaseMove::Released);
     tracing::info!(
         message_id = %id::LEASE_RELEASED,
         subscription = %sub,
@@ -84,6 +94,7 @@ pub fn lease_released(sub: &str, node: &str, epoch: i64) {
 }
 
 pub fn published(sub: &str, case_id: &str, external_id: &str, event_id: &str, entry: &str) {
+    crate::metrics::delivered(sub, !event_id.is_empty());
     tracing::info!(
         message_id = %id::PUBLISHED,
         subscription = %sub,
@@ -137,6 +148,7 @@ pub fn item_failed(sub: &str, case_id: &str, event_id: &str, notification_id: &s
 }
 
 pub fn parked(sub: &str, case_id: &str, event_id: &str, attempts: i64, error: &str) {
+    crate::metrics::parked(sub);
     tracing::warn!(message_id = %id::PARKED, subscription = %sub, case_id = %case_id, event_id = %event_id, attempts, error = %error,
         "télédossier parked: recorded as owed and retried every cycle; its notification is deleted so the queue behind it moves");
 }
@@ -161,6 +173,7 @@ pub fn quarantined(
     path: &str,
     error: &str,
 ) {
+    crate::metrics::quarantined(sub);
     tracing::error!(
         message_id = %id::QUARANTINED,
         subscription = %sub,
@@ -175,6 +188,7 @@ pub fn quarantined(
 }
 
 pub fn auth_failed(sub: &str, error: &str) {
+    crate::metrics::credentials_refused(sub);
     tracing::error!(
         message_id = %id::AUTH_FAILED,
         subscription = %sub,
@@ -201,6 +215,7 @@ pub fn receipt_event_refused(
     error: &dyn std::fmt::Display,
     status: &dyn std::fmt::Display,
 ) {
+    crate::metrics::receipt_event_refused(sub);
     let what = if cap {
         "the case has reached HubEE's limit of events: the receipt event could not be posted; the télédossier is delivered and its notification deleted; tell the online service through the HubEE portal if needed"
     } else {
@@ -254,6 +269,7 @@ pub struct CycleSummary<'a> {
 
 /// One line per cycle: counts, and what to do when it failed.
 pub fn cycle_done(r: &CycleSummary<'_>, took: std::time::Duration, stopping: bool) {
+    crate::metrics::cycle_done(r.subscription, r.fatal.is_none() && r.failed == 0, took);
     let took = format!("{:.1}s", took.as_secs_f64());
     let (sub, received, acknowledged, failed) =
         (r.subscription, r.received, r.acknowledged, r.failed);

@@ -10,6 +10,8 @@
 //! - [`outbox`]: replies from the legacy software (`outbox/new/`), applied on the hub exactly
 //!   once, then moved to `sent/` or `failed/`.
 //! - [`cluster`]: several nodes on one PostgreSQL: leases per subscription, the fence.
+//! - [`metrics`]: Prometheus metrics and `/healthz` (`[metrics] listen`); a neutral room
+//!   the others call one function of when something worth counting happens.
 //! - [`daemon`]: `run`: every subscription on its schedule (Europe/Paris), bounded
 //!   concurrency, signals, drain.
 
@@ -24,6 +26,7 @@ pub mod email;
 pub mod events;
 pub mod exit;
 pub mod hubee;
+pub mod metrics;
 pub mod outbox;
 pub mod shutdown;
 pub mod state;

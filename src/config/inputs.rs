@@ -53,6 +53,7 @@ pub(crate) struct Inputs {
     pub node_name: Option<String>,
     pub lease_ttl: String,
     pub email: Option<EmailInputs>,
+    pub metrics: Option<super::metrics::RawMetrics>,
     pub subscriptions: Vec<SubscriptionInputs>,
 }
 
@@ -145,6 +146,7 @@ pub(crate) fn read(path: &Path, errors: &mut Collector) -> Option<Inputs> {
             .lease_ttl
             .unwrap_or_else(|| defaults::LEASE_TTL.to_string()),
         email: main.email.map(email_inputs),
+        metrics: main.metrics,
         subscriptions,
         source,
         dir,

@@ -17,6 +17,7 @@ mod duration;
 mod error;
 mod hub;
 pub mod inputs;
+pub mod metrics;
 pub mod raw;
 mod schedule;
 mod secret;

@@ -25,6 +25,7 @@ pub struct RawConfig {
     pub hub: Option<RawHub>,
     pub state: Option<RawState>,
     pub email: Option<RawEmail>,
+    pub metrics: Option<super::metrics::RawMetrics>,
     pub subscription: Option<Vec<RawSubscription>>,
 }
 
@@ -118,6 +119,7 @@ pub(crate) const TOP_KEYS: &[KeySpec] = &[
     key("hub", "a table", "[hub]"),
     key("state", "a table", "[state]"),
     key("email", "a table", "[email]"),
+    key("metrics", "a table", "[metrics]"),
     key("subscription", "an array of tables", "[[subscription]]"),
 ];
 
@@ -231,6 +233,7 @@ const TABLES: &[(&str, &[KeySpec])] = &[
     ("hub", HUB_KEYS),
     ("state", STATE_KEYS),
     ("email", EMAIL_KEYS),
+    ("metrics", super::metrics::METRICS_KEYS),
     ("[subscription]", SUBSCRIPTION_KEYS),
 ];
 
@@ -299,6 +302,15 @@ pub(crate) fn parse(
             }
             ("email", toml::Value::Table(t)) => {
                 raw.email = Some(read_table(t, EMAIL_KEYS, "email", file, errors))
+            }
+            ("metrics", toml::Value::Table(t)) => {
+                raw.metrics = Some(read_table(
+                    t,
+                    super::metrics::METRICS_KEYS,
+                    "metrics",
+                    file,
+                    errors,
+                ))
             }
             ("subscription", toml::Value::Array(items)) => {
                 let mut subs = Vec::new();

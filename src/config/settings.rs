@@ -25,6 +25,8 @@ pub struct Settings {
     pub state: StateSettings,
     /// `None` when there is no `[email]` section: no digest, no alert mail.
     pub email: Option<EmailSettings>,
+    /// `None` when there is no `[metrics]` section: nothing is served.
+    pub metrics: Option<super::metrics::MetricsSettings>,
     /// In file order: the main file's first, then each included file's, files sorted by name.
     pub subscriptions: Vec<Subscription>,
 }

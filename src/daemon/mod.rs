@@ -10,6 +10,7 @@
 //! Stopping is an input, as in mini-redis: [`run`] takes a channel of [`Control`]s, which the
 //! binary feeds from SIGTERM/SIGINT/SIGHUP and tests feed themselves.
 
+pub mod metrics;
 pub mod signals;
 pub mod task;
 
@@ -92,6 +93,12 @@ pub async fn run(settings: Settings, mut controls: mpsc::UnboundedReceiver<Contr
         }
     };
 
+    // [metrics] listen: opened before READY, so that a port taken stops the start.
+    if let Err(e) = metrics::start(&settings, &timings, &state).await {
+        eprintln!("{e}");
+        state.close().await;
+        return ExitCode::from(EXIT_FAILURE);
+    }
     let board = Arc::new(Board::default());
     board.set_cluster(crate::cluster::Cluster::of(&state));
     // Email (digests, alerts): its own tasks; each cycle's end pokes the alert check.
@@ -505,6 +512,7 @@ impl Fleet {
             *w = new.clone();
         }
         self.generation.fetch_add(1, Ordering::SeqCst);
+        metrics::configure(&new, &timings, &self.state);
         let (mut added, mut removed, mut kept) = (0, 0, 0);
         let mut keep: Vec<(Subscription, Task)> = Vec::new();
         for (old_sub, task) in old_tasks {
@@ -778,6 +786,7 @@ impl SubscriptionWork {
             let opts = crate::outbox::outbox_options(&settings, &self.name);
             crate::outbox::run_pass(ctx, &self.holder, opts).await;
         }
+        metrics::after_cycle(&self.state, &self.name).await;
     }
 }
 

@@ -310,7 +310,15 @@ impl HubSession {
                 .basic_auth(&self.client_id, Some(&self.client_secret))
                 .form(&[("scope", "SI"), ("grant_type", "client_credentials")]);
             let req = self.identify(req);
+            let sent_at = Instant::now();
             let outcome = req.send().await;
+            crate::metrics::hub_request(
+                &self.client_id,
+                "POST",
+                "/token",
+                outcome.as_ref().ok().map(|r| r.status().as_u16()),
+                sent_at.elapsed(),
+            );
             let transient = match outcome {
                 Ok(resp) if resp.status().is_success() => {
                     let body = resp.bytes().await.map_err(|e| HubError::Network {
@@ -349,6 +357,7 @@ impl HubSession {
                     let margin = (lifetime / 10)
                         .max(Duration::from_secs(30))
                         .min(lifetime / 2);
+                    crate::metrics::token_renewed(&self.client_id);
                     return Ok(Token {
                         value,
                         renew_at: Instant::now() + lifetime.saturating_sub(margin),
@@ -403,6 +412,7 @@ impl HubSession {
                 .map(|d| d.min(cfg.retry.max_delay))
                 .unwrap_or_else(|| cfg.retry.delay(retry - 1));
             tracing::debug!(client_id = %self.client_id, error = %transient.0, ?delay, "token request failed, retrying");
+            crate::metrics::hub_retry(&self.client_id);
             tokio::time::sleep(delay).await;
         }
     }
@@ -451,7 +461,16 @@ impl HubSession {
                     })?;
                 }
             }
-            let (err, wait) = match req.send().await {
+            let sent_at = Instant::now();
+            let outcome = req.send().await;
+            crate::metrics::hub_request(
+                &self.client_id,
+                op.method,
+                &op.path,
+                outcome.as_ref().ok().map(|r| r.status().as_u16()),
+                sent_at.elapsed(),
+            );
+            let (err, wait) = match outcome {
                 Ok(resp) if resp.status().is_success() => return Ok(resp),
                 Ok(resp) => {
                     let status = resp.status();
@@ -500,6 +519,7 @@ impl HubSession {
                 .map(|d| d.min(policy.max_delay))
                 .unwrap_or_else(|| policy.delay(retry - 1));
             tracing::debug!(client_id = %self.client_id, error = %err, ?delay, "retrying");
+            crate::metrics::hub_retry(&self.client_id);
             tokio::time::sleep(delay).await;
         }
     }

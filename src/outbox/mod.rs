@@ -110,6 +110,12 @@ pub async fn run_pass(ctx: &SubscriptionCtx, holder: &str, opts: PassOptions) ->
     }
     ctx.state.clear_holder(&ctx.name).await;
     lock.release().await;
+    crate::metrics::outbox_pass(
+        &ctx.name,
+        report.sent.len(),
+        report.failed.len(),
+        report.fatal.is_none().then_some(report.pending.len()),
+    );
     report
 }
 

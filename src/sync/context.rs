@@ -122,6 +122,17 @@ impl ItemError {
             _ => false,
         }
     }
+
+    /// For `hubee_sync_items_failed_total{kind}`: the hub's doing, this machine's, or what
+    /// the hub sent did not verify.
+    pub fn failure_kind(&self) -> crate::metrics::FailureKind {
+        match self {
+            ItemError::Hub { .. } => crate::metrics::FailureKind::Hub,
+            ItemError::Download(d) => d.failure_kind(),
+            ItemError::Refused(_) => crate::metrics::FailureKind::Verify,
+            _ => crate::metrics::FailureKind::Local,
+        }
+    }
 }
 
 /// Appends to the activity journal (digests read it); a failure to record is logged, never

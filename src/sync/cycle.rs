@@ -538,6 +538,7 @@ async fn acknowledge(ctx: &SubscriptionCtx, item: &WorkItem, nid: &str) -> Resul
 }
 
 fn fail(report: &mut CycleReport, nid: &str, case_id: Option<&str>, e: &ItemError) {
+    crate::metrics::item_failed(&report.subscription, e.failure_kind());
     report.failures.push(ItemFailure {
         notification_id: nid.to_string(),
         case_id: case_id.map(str::to_string),

@@ -55,6 +55,17 @@ pub enum DownloadError {
 }
 
 impl DownloadError {
+    /// For `hubee_sync_items_failed_total{kind}`.
+    pub fn failure_kind(&self) -> crate::metrics::FailureKind {
+        match self {
+            DownloadError::Hub(_) => crate::metrics::FailureKind::Hub,
+            DownloadError::SizeMismatch { .. }
+            | DownloadError::DigestMismatch { .. }
+            | DownloadError::BadDigest { .. } => crate::metrics::FailureKind::Verify,
+            _ => crate::metrics::FailureKind::Local,
+        }
+    }
+
     /// Local failures (disk full, permissions) are not the hub's: retrying now won't help.
     pub fn is_local(&self) -> bool {
         matches!(
@@ -97,6 +108,7 @@ pub async fn fetch_verified(
                     error = %e,
                     "download failed verification or broke off, retrying"
                 );
+                crate::metrics::hub_retry(session.client_id());
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.requested() => return Err(DownloadError::Cancelled),
@@ -250,6 +262,7 @@ pub async fn fetch_into<S: Sink, F: std::future::Future<Output = Result<S, Downl
         crate::crashpoint::point("during_download");
         progress.add_bytes(chunk.len() as u64);
     }
+    crate::metrics::received_bytes(session.client_id(), got);
     if got != file.expected_size {
         return Err(DownloadError::SizeMismatch {
             attachment_id: aid,

@@ -96,6 +96,7 @@ pub(crate) fn validate(inputs: Inputs, env: &Env, errors: &mut Collector) -> Opt
         Some(e) => validate_email(e, &main, &inputs.dir, errors).map(Some),
         None => Some(None),
     };
+    let metrics = super::metrics::validate(&inputs.metrics, &main, errors);
     let mut subscriptions = Vec::new();
     let mut names: HashMap<String, (PathBuf, String)> = HashMap::new();
     for sub in &inputs.subscriptions {
@@ -132,6 +133,7 @@ pub(crate) fn validate(inputs: Inputs, env: &Env, errors: &mut Collector) -> Opt
             lease_ttl: lease_ttl?,
         },
         email: email?,
+        metrics: metrics?,
         subscriptions,
     })
 }
