@@ -357,6 +357,23 @@ impl Outbox {
                     continue;
                 }
                 let s = sent.get(&r.sha).cloned().unwrap_or_default();
+                if s.is_empty() {
+                    // Where it went instead, and why (a rare interleaving to diagnose).
+                    let why: Vec<String> = failed
+                        .get(&r.sha)
+                        .into_iter()
+                        .flatten()
+                        .map(|p| {
+                            let e =
+                                std::fs::read_to_string(p.join("error.txt")).unwrap_or_default();
+                            format!("{}: {e}", p.display())
+                        })
+                        .collect();
+                    panic!(
+                        "{what}: {id}: not in sent/; in failed/: {why:?}; its case's status history: {:?}",
+                        hub.status_history(&r.case_id)
+                    );
+                }
                 assert_eq!(s.len(), 1, "{id}: in sent/ exactly once: {s:?}");
                 let result: Value = serde_json::from_slice(
                     &std::fs::read(s[0].join("result.json")).expect("result.json"),
