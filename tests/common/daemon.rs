@@ -25,23 +25,19 @@ impl Daemon {
         envs: &[(&str, &str)],
     ) -> Daemon {
         let err = std::fs::File::create(&log).expect("create log file");
-        let child = Command::new(bin())
-            .envs(envs.iter().copied())
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env("HUBEE_SYNC_LOG", log_filter)
-            .env_remove("HTTP_PROXY")
-            .env_remove("HTTPS_PROXY")
-            .env_remove("ALL_PROXY")
-            .env_remove("http_proxy")
-            .env_remove("https_proxy")
-            .env_remove("all_proxy")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(err)
-            .spawn()
-            .expect("start hubee-sync run");
+        let child = super::without_proxies(
+            Command::new(bin())
+                .envs(envs.iter().copied())
+                .arg("--config")
+                .arg(config)
+                .arg("run")
+                .env("HUBEE_SYNC_LOG", log_filter),
+        )
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(err)
+        .spawn()
+        .expect("start hubee-sync run");
         Daemon { child, log }
     }
 

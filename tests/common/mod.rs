@@ -4,8 +4,25 @@
 pub mod campaign;
 pub mod daemon;
 pub mod netlab;
+pub mod pki;
 
 use std::path::{Path, PathBuf};
+
+/// Takes the environment's proxy settings away from a hubee-sync command: each test says in
+/// its configuration whether a proxy is used.
+pub fn without_proxies(cmd: &mut std::process::Command) -> &mut std::process::Command {
+    for var in [
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "ALL_PROXY",
+        "http_proxy",
+        "https_proxy",
+        "all_proxy",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
 
 /// The PostgreSQL server the tests use (scripts/test.sh starts one if needed).
 pub fn pg_admin_url() -> String {

@@ -170,24 +170,20 @@ fn spawn_node(ns: &str, config: &Path, log: &Path, log_filter: &str) -> Child {
         .open(log)
         .expect("open the node's log");
     // `ip netns exec` execs the program: the child's pid is hubee-sync's.
-    Command::new("ip")
-        .args(["netns", "exec", ns])
-        .arg(super::bin())
-        .arg("--config")
-        .arg(config)
-        .arg("run")
-        .env("HUBEE_SYNC_LOG", log_filter)
-        .env_remove("HTTP_PROXY")
-        .env_remove("HTTPS_PROXY")
-        .env_remove("ALL_PROXY")
-        .env_remove("http_proxy")
-        .env_remove("https_proxy")
-        .env_remove("all_proxy")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(err)
-        .spawn()
-        .expect("start hubee-sync run in its namespace")
+    super::without_proxies(
+        Command::new("ip")
+            .args(["netns", "exec", ns])
+            .arg(super::bin())
+            .arg("--config")
+            .arg(config)
+            .arg("run")
+            .env("HUBEE_SYNC_LOG", log_filter),
+    )
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(err)
+    .spawn()
+    .expect("start hubee-sync run in its namespace")
 }
 
 /// The PostgreSQL server of the `pg` host.
@@ -372,74 +368,12 @@ impl Netlab {
     pub fn make_pki(&self) -> PathBuf {
         let pki = self.dir.path().join("pki");
         std::fs::create_dir_all(&pki).expect("pki dir");
-        let run = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&pki)
-                .output()
-                .expect("run openssl (scripts/test.sh installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        run(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=hubee-sync netlab CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]);
-        let hub = addr_of("hub");
-        run(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "hub.key",
-            "-out",
-            "hub.csr",
-            "-subj",
-            &format!("/CN={hub}"),
-        ]);
-        std::fs::write(
-            pki.join("ext.cnf"),
-            format!(
-                "subjectAltName=IP:{hub}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
-            ),
-        )
-        .expect("write ext.cnf");
-        run(&[
-            "x509",
-            "-req",
-            "-in",
-            "hub.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "hub.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        super::pki::make_pki(
+            &pki,
+            "hubee-sync netlab CA",
+            "hub",
+            &addr_of("hub").to_string(),
+        );
         pki
     }
 
