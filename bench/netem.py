@@ -2,15 +2,18 @@
 """The hub 20 ms away (issue 19), in ONE run: every figure beside its ceiling over the same link.
 
     python3 bench/netem.py [--cases 9000] [--seq-seconds 60] [--big 1G] [--bin DIR]
-                           [--set KEY=VALUE]… [--also KEY=VALUE]… [--curl-parallel N] [--only=dsb]
+                           [--set KEY=VALUE]… [--also KEY=VALUE[,KEY=VALUE…]]… [--spread N]
+                           [--curl-parallel N] [--only=dsb]
 
 The link is bench/netem_link.py (user space: this kernel has no sch_netem) in front of
 fake-hubee: 20 ms ± 5 ms each way, 0.2 % of segments lost (a 200 ms retransmission stall each).
   d  the national day: CASES cases × 3 attachments × 100 KiB, `hubee-sync once` with the
-     defaults (and the `--set` [hub] keys, e.g. --set max_parallel_downloads=16); the ceiling is
-     curl fetching the same attachments over the same link, as many curls side by side as
-     hubee-sync fetches files at once (max_parallel_cases × max_parallel_downloads, capped at
-     64), each reusing its connection, output to /dev/null (the link's ceiling, not the disk's);
+     defaults (and the `--set` [hub] keys, e.g. --set max_parallel_downloads=16), then once more
+     for each `--also` (its keys on top), then, with `--spread N`, the same cases dealt over N
+     subscriptions (an editor's day); the ceiling is curl fetching the same attachments over
+     the same link, as many curls side by side as hubee-sync could fetch files at once
+     (max_parallel_cases × 4, capped at 64, or --curl-parallel), each reusing its connection,
+     output to /dev/null (the link's ceiling, not the disk's);
   s  sequential: `max_parallel_cases = 1`, time-boxed to --seq-seconds, extrapolated to CASES;
   b  one file of --big (1 GiB) against one curl of it over the link.
 Work directories in /var/tmp/hubee-netem-* (not bench/run.py's prefix), removed at the end.
@@ -38,9 +41,11 @@ BIG = arg("--big", "1G")
 ONLY = arg("--only", "dsb")
 SETS = [a.split("=", 1)[1] if a.startswith("--set=") else sys.argv[i + 1]
         for i, a in enumerate(sys.argv) if a == "--set" or a.startswith("--set=")]
-# `--also KEY=VALUE`: the national day once more with that [hub] key too (same run, same ceiling).
-ALSO = [a.split("=", 1)[1] if a.startswith("--also=") else sys.argv[i + 1]
+# `--also KEY=VALUE[,KEY=VALUE…]`: the national day once more with those [hub] keys too (same
+# run, same ceiling); each `--also` is one more run.
+ALSO = [(a.split("=", 1)[1] if a.startswith("--also=") else sys.argv[i + 1]).split(",")
         for i, a in enumerate(sys.argv) if a == "--also" or a.startswith("--also=")]
+SPREAD = int(arg("--spread", "0"))
 WORKS = []
 SETUPS = []
 
@@ -58,14 +63,16 @@ def wait_line(path, word, what):
 class Setup:
     """fake-hubee with `cases` × `files` × `size`, and the link in front of it."""
 
-    def __init__(self, cases, files, size):
+    def __init__(self, cases, files, size, spread=0):
+        self.spread = spread
         self.work = tempfile.mkdtemp(prefix="hubee-netem-", dir="/var/tmp")
         WORKS.append(self.work)
         SETUPS.append(self)
         out = os.path.join(self.work, "hub.out")
         self.hub = subprocess.Popen([HUB, "--listen", "127.0.0.1:0", "--client-id", "bench", "--client-secret",
                                      "bench-secret", "--cases", str(cases), "--files", str(files), "--file-size",
-                                     str(size), "--seed", "7"], stdout=open(out, "w"), stderr=subprocess.DEVNULL)
+                                     str(size), "--seed", "7"] + (["--spread", str(spread)] if spread > 1 else []),
+                                    stdout=open(out, "w"), stderr=subprocess.DEVNULL)
         f = wait_line(out, "listening", "fake-hubee")
         self.direct = f["api_url"]
         port = self.direct.rsplit(":", 1)[1]
@@ -94,10 +101,12 @@ class Setup:
             f.write("bench-secret\n")
         os.chmod(os.path.join(w, "secret"), 0o600)
         hub_extra = "".join(f"{k.strip()} = {v.strip()}\n" for k, v in (s.split("=", 1) for s in list(SETS) + list(extra)))
+        subs = [(f"s{i:03d}", f"bench-s{i}") for i in range(self.spread)] if self.spread > 1 else [("bench", "bench")]
         text = (f'[hub]\napi_url = "{self.api}"\ntoken_url = "{self.token_url}"\neditor_name = "Benchmark"\n{hub_extra}\n'
-                f'[state]\nurl = "sqlite://{w}/state.db"\n\n'
-                f'[[subscription]]\nname = "bench"\nprocess_code = "CERTDC"\nclient_id = "bench"\n'
-                f'client_secret_file = "{w}/secret"\nschedule = "every 5m"\nspool = "{w}/spool/bench"\n')
+                f'[state]\nurl = "sqlite://{w}/state.db"\n\n')
+        for name, client in subs:
+            text += (f'[[subscription]]\nname = "{name}"\nprocess_code = "CERTDC"\nclient_id = "{client}"\n'
+                     f'client_secret_file = "{w}/secret"\nschedule = "every 5m"\nspool = "{w}/spool/{name}"\n\n')
         path = os.path.join(w, "hubee-sync.toml")
         with open(path, "w") as f:
             f.write(text)
@@ -142,8 +151,10 @@ def once(s, extra=(), bound=None):
     t = time.monotonic() - t0
     if rc not in (0, None):
         raise SystemExit(f"hubee-sync once failed: {open(os.path.join(s.work, 'once.err')).read()[-2000:]}")
-    new = os.path.join(s.work, "spool/bench/new")
-    return t, (len(os.listdir(new)) if os.path.isdir(new) else 0), rc is None
+    spools = os.path.join(s.work, "spool")
+    done = sum(len(os.listdir(os.path.join(spools, d, "new"))) for d in os.listdir(spools)
+               if os.path.isdir(os.path.join(spools, d, "new"))) if os.path.isdir(spools) else 0
+    return t, done, rc is None
 
 
 def effective(key, default):
@@ -163,12 +174,13 @@ def main():
         par = int(arg("--curl-parallel", min(64, effective("max_parallel_cases", 16) * 4)))
         n, tc = curl_ceiling(s, par)
         s.stop()
-        for extra in [[]] + ([ALSO] if ALSO else []):
-            s = Setup(CASES, 3, "100K")
+        for extra, spread in [([], 0)] + [(a, 0) for a in ALSO] + ([([], SPREAD)] if SPREAD > 1 else []):
+            s = Setup(CASES, 3, "100K", spread)
             t, done, _ = once(s, extra=extra)
             link = s.stop()
             mb = CASES * 3 * size / 1e6
-            rows.append(f"| national day ({CASES} × 3 × 100 KiB, {mb:.0f} MB), settings: "
+            where = f" over {spread} subscriptions" if spread > 1 else ", one subscription"
+            rows.append(f"| national day ({CASES} × 3 × 100 KiB, {mb:.0f} MB){where}, settings: "
                         f"{', '.join(SETS + extra) or 'defaults'} "
                         f"| {t / 60:.2f} min ({done} cases, {mb / t:.1f} MB/s) | curl ×{par}: {tc / 60:.2f} min "
                         f"({n} files, {mb / tc:.1f} MB/s) | {tc / t:.2f}× |")

@@ -472,3 +472,81 @@ async fn parked_case_is_delivered_once_the_hub_serves_it_right() {
     let st: serde_json::Value = serde_json::from_str(&st).unwrap();
     assert_eq!(st[0]["parked"], 0);
 }
+
+/// An event listed while its case is still under way (its file slow to come) waits for the
+/// case: it is never worked beside it, and its entry comes after the case's (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_listed_while_its_case_is_under_way_waits_for_the_case() {
+    let w = World::new().await;
+    let cases: Vec<String> = (0..30).map(|n| w.add_case(n, 1, 2048)).collect();
+    // Their events come after all the cases: in the second list, while the first cases run.
+    let events: Vec<(String, String)> = cases
+        .iter()
+        .take(16)
+        .map(|c| {
+            let ev = w.hub.osl_post_event(
+                c,
+                OslEvent {
+                    action_type: "SENDING_MESSAGE".into(),
+                    message: Some("Précision".into()),
+                    ..Default::default()
+                },
+            );
+            (c.clone(), ev)
+        })
+        .collect();
+    w.hub.inject(
+        Route::GetAttachment,
+        fake_hubee::Fault::SlowBody {
+            chunk_delay_ms: 1000,
+        },
+        1,
+    );
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let entries = w.entries("new");
+    assert_eq!(entries.len(), 46, "{entries:?}");
+    let reqs = w.hub.requests();
+    let slow = reqs
+        .iter()
+        .find(|r| r.route == Some(Route::GetAttachment) && r.fault.is_some())
+        .expect("the slow download was asked for");
+    let slow_case = slow
+        .path
+        .split("/cases/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+        .to_string();
+    let (_, slow_event) = events
+        .iter()
+        .find(|(c, _)| *c == slow_case)
+        .expect("the slow case is one of the first 16, which have an event");
+    let receipt = reqs
+        .iter()
+        .position(|r| {
+            r.route == Some(Route::PostEvent)
+                && r.path.ends_with(&format!("/cases/{slow_case}/events"))
+        })
+        .expect("the slow case got its receipt");
+    let event_read = reqs
+        .iter()
+        .position(|r| r.route == Some(Route::GetEvent) && r.path.ends_with(slow_event.as_str()))
+        .expect("the slow case's event was read");
+    assert!(
+        event_read > receipt,
+        "the event of case {slow_case} was read (request {event_read}) before its case was received (request {receipt})"
+    );
+    for (case, ev) in &events {
+        let ev_entry = entries.iter().find(|e| e.ends_with(ev.as_str())).unwrap();
+        let case_entry = entries
+            .iter()
+            .find(|e| !e.ends_with(ev.as_str()) && manifest(&w, e)["case_id"] == *case.as_str())
+            .unwrap();
+        let (a, b) = (
+            manifest(&w, case_entry)["sequence"].as_u64().unwrap(),
+            manifest(&w, ev_entry)["sequence"].as_u64().unwrap(),
+        );
+        assert!(a < b, "case {case} before its event (sequence {a} < {b})");
+    }
+}

@@ -407,3 +407,56 @@ async fn max_parallel_cases_one_works_one_case_at_a_time() {
         "the first case was acknowledged before the next was fetched"
     );
 }
+
+/// A case slower than the others does not hold back the cases listed after it: the queue
+/// lists again as slots free up instead of waiting for the whole batch of 25 (issue 19).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_case_does_not_hold_back_the_cases_listed_after_it() {
+    let w = World::new().await;
+    for n in 0..40 {
+        w.add_case(n, 1, 4096);
+    }
+    // The first file asked for comes in four pieces a second apart.
+    w.hub.inject(
+        Route::GetAttachment,
+        Fault::SlowBody {
+            chunk_delay_ms: 1000,
+        },
+        1,
+    );
+    let (code, out, err) = w.run(&["once"]).await;
+    assert_eq!(code, 0, "stdout: {out}\nstderr: {err}");
+    assert_eq!(w.entries("new").len(), 40);
+    assert!(w.hub.notifications(CLIENT).is_empty());
+    let reqs = w.hub.requests();
+    let slow = reqs
+        .iter()
+        .find(|r| r.route == Some(Route::GetAttachment) && r.fault.is_some())
+        .expect("the slow download was asked for");
+    let slow_case = slow
+        .path
+        .split("/attachments/")
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    // The slow case's receipt event, posted once its file was in.
+    let receipt = reqs
+        .iter()
+        .position(|r| r.route == Some(Route::PostEvent) && r.path.starts_with(&slow_case))
+        .expect("the slow case got its receipt");
+    let started: std::collections::HashSet<&str> = reqs[..receipt]
+        .iter()
+        .filter(|r| r.route == Some(Route::GetCase))
+        .map(|r| r.path.as_str())
+        .collect();
+    assert!(
+        started.len() > 25,
+        "only {} cases were fetched while the slow one downloaded: the next list waited for it",
+        started.len()
+    );
+    let lists = w.hub.request_count(Route::ListNotifications);
+    assert!(
+        lists <= 8,
+        "{lists} lists for 40 notifications: the queue lists in a loop"
+    );
+}

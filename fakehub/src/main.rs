@@ -3,7 +3,7 @@
 //! ```text
 //! fake-hubee [--listen 127.0.0.1:8080] [--client-id demo] [--client-secret demo-secret]
 //!            [--process-code CERTDC] [--cases 10] [--files 3] [--file-size 1M] [--seed N]
-//!            [--lazy-digests] [--extra-clients N]
+//!            [--lazy-digests] [--extra-clients N] [--spread N]
 //! ```
 //! Prints `fake-hubee listening api_url=… token_url=…` once ready, then serves until SIGTERM
 //! or SIGINT. `GET /_fake/state` shows cases, remaining notifications and request counts.
@@ -25,6 +25,9 @@ struct Args {
     lazy_digests: bool,
     /// More clients with empty queues, `{client_id}-0` … (editor-scale benchmarks).
     clients: u64,
+    /// The `--cases` dealt to this many clients, `{client_id}-s0` …, instead of `{client_id}`
+    /// (one day's cases over an editor's subscriptions).
+    spread: u64,
     /// The hub's behaviour (PROTOCOL §10): the default, or changed by `--patch-only` and
     /// `--behaviour JSON` (camelCase fields of `HubBehaviour`, merged).
     behaviour: fake_hubee::HubBehaviour,
@@ -34,7 +37,7 @@ struct Args {
 
 const USAGE: &str = "usage: fake-hubee [--listen ADDR] [--client-id ID] [--client-secret SECRET] \
 [--process-code CODE] [--cases N] [--files N] [--file-size BYTES[K|M|G]] [--seed N] [--lazy-digests] \
-[--extra-clients N] [--patch-only] [--behaviour JSON] [--agent-every-ms N]";
+[--extra-clients N] [--spread N] [--patch-only] [--behaviour JSON] [--agent-every-ms N]";
 
 /// `1048576`, `512K`, `1M`, `1G` (powers of 1024).
 fn parse_size(s: &str) -> Option<u64> {
@@ -59,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
         seed: None,
         lazy_digests: false,
         clients: 0,
+        spread: 0,
         behaviour: fake_hubee::HubBehaviour::default(),
         agent_every_ms: None,
     };
@@ -102,6 +106,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--seed" => a.seed = Some(value.parse().map_err(|_| bad("a number"))?),
             "--extra-clients" => a.clients = value.parse().map_err(|_| bad("a number"))?,
+            "--spread" => a.spread = value.parse().map_err(|_| bad("a number"))?,
             "--agent-every-ms" => {
                 a.agent_every_ms = Some(value.parse().map_err(|_| bad("a number"))?)
             }
@@ -129,7 +134,16 @@ async fn run(a: Args) -> Result<(), String> {
     hub.reseed(seed);
     hub.set_behaviour(a.behaviour.clone());
     hub.add_client(&a.client_id, &a.client_secret, &a.process_code);
-    hub.add_generated_cases(&a.client_id, a.cases, a.files, a.file_size, seed);
+    if a.spread > 1 {
+        for i in 0..a.spread {
+            let id = format!("{}-s{i}", a.client_id);
+            hub.add_client(&id, &a.client_secret, &a.process_code);
+            let share = a.cases / a.spread + u64::from(i < a.cases % a.spread);
+            hub.add_generated_cases(&id, share, a.files, a.file_size, seed.wrapping_add(i));
+        }
+    } else {
+        hub.add_generated_cases(&a.client_id, a.cases, a.files, a.file_size, seed);
+    }
     for i in 0..a.clients {
         hub.add_client(
             &format!("{}-{i}", a.client_id),
