@@ -507,17 +507,7 @@ async fn an_event_listed_while_its_case_is_under_way_waits_for_the_case() {
     let entries = w.entries("new");
     assert_eq!(entries.len(), 46, "{entries:?}");
     let reqs = w.hub.requests();
-    let slow = reqs
-        .iter()
-        .find(|r| r.route == Some(Route::GetAttachment) && r.fault.is_some())
-        .expect("the slow download was asked for");
-    let slow_case = slow
-        .path
-        .split("/cases/")
-        .nth(1)
-        .and_then(|rest| rest.split('/').next())
-        .unwrap_or_default()
-        .to_string();
+    let slow_case = common::case_of_faulted_download(&w.hub);
     let (_, slow_event) = events
         .iter()
         .find(|(c, _)| *c == slow_case)

@@ -429,20 +429,14 @@ async fn a_slow_case_does_not_hold_back_the_cases_listed_after_it() {
     assert_eq!(w.entries("new").len(), 40);
     assert!(w.hub.notifications(CLIENT).is_empty());
     let reqs = w.hub.requests();
-    let slow = reqs
-        .iter()
-        .find(|r| r.route == Some(Route::GetAttachment) && r.fault.is_some())
-        .expect("the slow download was asked for");
-    let slow_case = slow
-        .path
-        .split("/attachments/")
-        .next()
-        .unwrap_or_default()
-        .to_string();
+    let slow_case = common::case_of_faulted_download(&w.hub);
     // The slow case's receipt event, posted once its file was in.
     let receipt = reqs
         .iter()
-        .position(|r| r.route == Some(Route::PostEvent) && r.path.starts_with(&slow_case))
+        .position(|r| {
+            r.route == Some(Route::PostEvent)
+                && r.path.ends_with(&format!("/cases/{slow_case}/events"))
+        })
         .expect("the slow case got its receipt");
     let started: std::collections::HashSet<&str> = reqs[..receipt]
         .iter()

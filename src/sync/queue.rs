@@ -353,6 +353,21 @@ struct GroupDone {
     rest: Vec<Step>,
 }
 
+impl GroupDone {
+    /// What counting a failed item did: it left the queue (parked or quarantined, its
+    /// notification deleted), or it stays on the hub; a failure of the count stops the cycle.
+    fn counted(&mut self, counted: Result<bool, String>) {
+        match counted {
+            Ok(true) => {}
+            Ok(false) => self.kept += 1,
+            Err(e) => {
+                self.kept += 1;
+                self.stop = Some(e);
+            }
+        }
+    }
+}
+
 fn work_item(p: &plan::Planned) -> Option<WorkItem> {
     let nid = &p.notification_id;
     let (kind, case_id, event_id) = match &p.action {
@@ -451,14 +466,8 @@ async fn run_step(
         Ok(CaseOutcome::Waiting) => {
             report.waiting += 1;
             let e = ItemError::Refused("an attachment is still PENDING on the hub".into());
-            match after_failure(ctx, report, &item, &e).await {
-                Ok(true) => {}
-                Ok(false) => out.kept += 1,
-                Err(e) => {
-                    out.kept += 1;
-                    out.stop = Some(e);
-                }
-            }
+            let counted = after_failure(ctx, report, &item, &e).await;
+            out.counted(counted);
         }
         Ok(outcome) => {
             // Acknowledge: the work is durably done (CONTRACT, rule of acknowledgement).
@@ -506,14 +515,8 @@ async fn run_step(
                 out.stop = Some(e.to_string());
                 return None;
             }
-            match after_failure(ctx, report, &item, &e).await {
-                Ok(true) => {}
-                Ok(false) => out.kept += 1,
-                Err(e) => {
-                    out.kept += 1;
-                    out.stop = Some(e);
-                }
-            }
+            let counted = after_failure(ctx, report, &item, &e).await;
+            out.counted(counted);
         }
     }
     None

@@ -580,3 +580,19 @@ pub fn assert_status_events_truthful(hub: &FakeHub, case: &str, what: &str) {
         "{what}: case {case}: stale status events: {raced:#?}"
     );
 }
+
+/// The case whose file the hub sent with an injected fault (the first such download), by id.
+pub fn case_of_faulted_download(hub: &FakeHub) -> String {
+    let requests = hub.requests();
+    let faulted = requests
+        .iter()
+        .find(|r| r.route == Some(fake_hubee::Route::GetAttachment) && r.fault.is_some())
+        .expect("a download was sent with the injected fault");
+    faulted
+        .path
+        .split("/cases/")
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default()
+        .to_string()
+}
