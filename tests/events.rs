@@ -512,13 +512,7 @@ async fn an_event_listed_while_its_case_is_under_way_waits_for_the_case() {
         .iter()
         .find(|(c, _)| *c == slow_case)
         .expect("the slow case is one of the first 16, which have an event");
-    let receipt = reqs
-        .iter()
-        .position(|r| {
-            r.route == Some(Route::PostEvent)
-                && r.path.ends_with(&format!("/cases/{slow_case}/events"))
-        })
-        .expect("the slow case got its receipt");
+    let receipt = common::first_event_post(&reqs, &slow_case);
     let event_read = reqs
         .iter()
         .position(|r| r.route == Some(Route::GetEvent) && r.path.ends_with(slow_event.as_str()))

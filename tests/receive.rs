@@ -431,13 +431,7 @@ async fn a_slow_case_does_not_hold_back_the_cases_listed_after_it() {
     let reqs = w.hub.requests();
     let slow_case = common::case_of_faulted_download(&w.hub);
     // The slow case's receipt event, posted once its file was in.
-    let receipt = reqs
-        .iter()
-        .position(|r| {
-            r.route == Some(Route::PostEvent)
-                && r.path.ends_with(&format!("/cases/{slow_case}/events"))
-        })
-        .expect("the slow case got its receipt");
+    let receipt = common::first_event_post(&reqs, &slow_case);
     let started: std::collections::HashSet<&str> = reqs[..receipt]
         .iter()
         .filter(|r| r.route == Some(Route::GetCase))

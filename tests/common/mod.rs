@@ -596,3 +596,12 @@ pub fn case_of_faulted_download(hub: &FakeHub) -> String {
         .unwrap_or_default()
         .to_string()
 }
+
+/// Where, in the hub's request log, the first event POSTed on `case_id` is (its receipt).
+pub fn first_event_post(requests: &[fake_hubee::RequestRecord], case_id: &str) -> usize {
+    let path = format!("/cases/{case_id}/events");
+    requests
+        .iter()
+        .position(|r| r.route == Some(fake_hubee::Route::PostEvent) && r.path.ends_with(&path))
+        .unwrap_or_else(|| panic!("case {case_id} got no event (its receipt)"))
+}
