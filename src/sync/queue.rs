@@ -50,7 +50,7 @@ pub enum Drained {
     Stopping,
 }
 
-/// The notifications of one case taken from one list, worked in order.
+/// The notifications of one case not started yet, worked in order.
 struct Group {
     /// Its place in the order the lists gave (the one-at-a-time pass keeps it).
     index: usize,
@@ -131,26 +131,27 @@ impl Queue {
             }
         }
         let mut left_for_later = false;
-        let first_new = self.ready.len();
+        let mut took = false;
         for p in plan::order(planned) {
             if self.taken.contains(&p.notification_id) {
                 continue;
             }
             let case = p.notification.case_id.clone().unwrap_or_default();
-            let queued = self.ready.iter().take(first_new).any(|g| g.case == case);
-            if busy.contains(&case) || queued {
+            if busy.contains(&case) {
                 left_for_later = true;
                 continue;
             }
             self.taken.insert(p.notification_id.clone());
+            took = true;
             let item = work_item(&p);
             // Several notifications about one item in a cycle: the first does the work.
             let first = item.as_ref().is_none_or(|i| attempted.insert(i.key()));
             let step = Step { p, item, first };
-            let this_list = self.ready.len() > first_new;
-            match self.ready.back_mut() {
-                Some(g) if this_list && g.case == case => g.steps.push(step),
-                _ => {
+            // `order` puts a case's notifications together and in order: the group of a case
+            // not started yet takes them after its own.
+            match self.ready.iter_mut().find(|g| g.case == case) {
+                Some(g) => g.steps.push(step),
+                None => {
                     self.ready.push_back(Group {
                         index: self.next_index,
                         case,
@@ -161,7 +162,7 @@ impl Queue {
             }
         }
         self.more = full || left_for_later;
-        self.may_list = self.ready.len() > first_new;
+        self.may_list = took;
     }
 
     /// A notification without an id cannot be deleted, so it comes back in every list:
